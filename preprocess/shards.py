@@ -1,0 +1,322 @@
+"""Writes a source as sharded TFRecords plus `manifest.json`, in parallel, atomically, resumably.
+
+Layout of OUT:
+    {split}-{i:05d}-of-{n:05d}.tfrecord   shard i of a split (train, val, test)
+    manifest.json                          written last: its presence means OUT is complete
+    .parts/                                while running: the plan, and one JSON per finished chunk
+
+Every chunk of the source becomes one shard per split it reaches. A worker writes its shards
+under temporary names and renames them only when they are complete, then records the chunk
+as done in `.parts/`, so a killed run leaves no partial shard behind and a re-run does only
+the chunks that are missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from preprocess import color, schema, sources, tiles
+from preprocess.dataset import MANIFEST
+from preprocess.images import DEFAULT_MAX_PIXELS
+
+PARTS = ".parts"
+GROUP_SPLITS = {"trainval": ("train", "val"), "val": ("val",), "test": ("test",)}
+# Shards of about this many bytes: large enough for fast sequential reads, small enough
+# that the chunks spread over the cores and a killed run loses little.
+TARGET_SHARD_BYTES = 32 * 2**20
+TILE_MODE_TILES_PER_IMAGE = 16  # a guess for sizing shards; photos differ
+
+
+class WriteError(Exception):
+    """The run cannot start or finish (OUT in the way, no usable photo)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything that decides the contents of the shards (recorded in the manifest)."""
+
+    source: str = "samples"
+    size: int = 64
+    mode: str = "center"
+    crops: int = 4
+    overlap: float = 0.25
+    val_fraction: float = 0.25
+    min_colorfulness: float = 5.0
+    min_tile_std: float = 3.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    images_per_shard: int = 0  # 0: chosen from size and mode for shards of about 32 MiB
+    compression: str | None = None  # None or "GZIP"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in tiles.MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(tiles.MODES)}")
+        if self.size < 8:
+            raise ValueError(f"size {self.size} is too small; use 8 or more (32, 64, 256, ...)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val fraction {self.val_fraction} must be in [0, 1)")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
+        if self.crops < 1:
+            raise ValueError(f"crops {self.crops} must be at least 1")
+        if self.compression not in (None, "GZIP"):
+            raise ValueError(f"compression {self.compression!r} must be none or gzip")
+
+    def chunk_images(self) -> int:
+        if self.images_per_shard:
+            return self.images_per_shard
+        per_image = {"random": self.crops, "tile": TILE_MODE_TILES_PER_IMAGE}.get(self.mode, 1)
+        return max(16, TARGET_SHARD_BYTES // (self.size * self.size * 3 * per_image))
+
+
+def split_of(source_id: str, group: str, val_fraction: float) -> str:
+    """train or val by a hash of the photo's id, so all tiles of a photo share a split."""
+    if group != "trainval":
+        return group
+    fraction = int.from_bytes(hashlib.sha1(source_id.encode()).digest()[:8], "big") / 2**64
+    return "val" if fraction < val_fraction else "train"
+
+
+def _preview(rgb: np.ndarray, side: int = 256) -> np.ndarray:
+    """A cheap downscale (by striding) so a colourfulness check costs the same for any photo."""
+    step = max(1, max(rgb.shape[:2]) // side)
+    return rgb[::step, ::step]
+
+
+class _Histograms:
+    """ab histograms per split, computed on batches of kept tiles (one TF call per batch)."""
+
+    def __init__(self, splits: tuple[str, ...]) -> None:
+        self.counts = {split: np.zeros(len(color.ab_bins()), np.int64) for split in splits}
+        self.pending: dict[str, list[np.ndarray]] = {split: [] for split in splits}
+
+    def add(self, split: str, tile: np.ndarray) -> None:
+        self.pending[split].append(tile)
+        if len(self.pending[split]) >= 256:
+            self.flush(split)
+
+    def flush(self, split: str) -> None:
+        if self.pending[split]:
+            ab = color.rgb_to_lab(np.stack(self.pending[split]))[..., 1:].numpy()
+            self.counts[split] += color.ab_histogram(ab)
+            self.pending[split] = []
+
+
+def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
+    """Turns one chunk into its shards; returns the chunk's part of the manifest."""
+    splits = GROUP_SPLITS[chunk.group]
+    final = {split: out / schema.shard_name(split, chunk.index, chunk.count) for split in splits}
+    temporary = {split: path.with_name(f".{path.name}.tmp-{os.getpid()}") for split, path in final.items()}
+    tf_options = tf.io.TFRecordOptions(compression_type=options.compression or "")
+    part = {
+        "group": chunk.group,
+        "index": chunk.index,
+        "images": dict.fromkeys(splits, 0),
+        "tiles": dict.fromkeys(splits, 0),
+        "skipped_files": [],
+        "skipped_tiles": [],
+    }
+    histograms = _Histograms(splits)
+    try:
+        writers = {split: tf.io.TFRecordWriter(str(path), tf_options) for split, path in temporary.items()}
+        for record in sources.read(chunk, options.max_pixels):
+            if record.error is None:
+                score = color.colorfulness(_preview(record.rgb))
+                if score < options.min_colorfulness:
+                    record = dataclasses.replace(
+                        record,
+                        error=f"near-gray photo: colourfulness {score:.1f} < {options.min_colorfulness}: no colour truth",
+                    )
+            if record.error is not None:
+                part["skipped_files"].append({"source": record.origin, "reason": record.error})
+                continue
+            split = split_of(record.source_id, chunk.group, options.val_fraction)
+            rng = np.random.default_rng([options.seed, int(hashlib.sha1(record.source_id.encode()).hexdigest()[:8], 16)])
+            candidates = tiles.make_tiles(record.rgb, options.size, options.mode, rng, options.crops, options.overlap)
+            kept = 0
+            for number, tile in enumerate(candidates):
+                structure = tiles.luma_std(tile)
+                if structure < options.min_tile_std:
+                    reason = f"flat tile: luma std {structure:.2f} < {options.min_tile_std}"
+                    part["skipped_tiles"].append({"source": record.origin, "tile": number, "reason": reason})
+                    continue
+                writers[split].write(schema.encode(tile, record.source_id, record.label))
+                histograms.add(split, tile)
+                kept += 1
+            if kept:
+                part["images"][split] += 1
+                part["tiles"][split] += kept
+            else:
+                reason = f"no tile with structure: all {len(candidates)} tiles are flat"
+                part["skipped_files"].append({"source": record.origin, "reason": reason})
+        for writer in writers.values():
+            writer.close()
+        for split in splits:
+            histograms.flush(split)
+        part["histogram"] = {split: counts.tolist() for split, counts in histograms.counts.items()}
+        for split in splits:
+            os.replace(temporary[split], final[split])
+        _write_json(out / PARTS / f"{chunk.group}-{chunk.index:05d}.json", part)
+        return part
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+def _init_worker() -> None:
+    # Each worker is one of the parallel streams: TF's own thread pools would oversubscribe.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _clear(out: Path) -> None:
+    """Removes what earlier runs wrote into OUT, and nothing else."""
+    for path in out.glob("*.tfrecord"):
+        path.unlink()
+    for path in out.glob(".*.tmp-*"):
+        path.unlink()
+    (out / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+
+
+def _prepare_out(out: Path, options: Options, overwrite: bool) -> dict | None:
+    """Returns the existing manifest when OUT is already complete for these options."""
+    settings = dataclasses.asdict(options)
+    if overwrite:
+        _clear(out)
+    elif (out / MANIFEST).exists():
+        manifest = json.loads((out / MANIFEST).read_text())
+        if manifest.get("options") == settings:
+            return manifest
+        raise WriteError(f"{out} already holds shards made with other options; add --overwrite to replace them")
+    elif (out / PARTS / "plan.json").exists():
+        if json.loads((out / PARTS / "plan.json").read_text()) != settings:
+            raise WriteError(
+                f"{out} holds an unfinished run with other options; re-run with those options to "
+                "finish it, or add --overwrite to start again"
+            )
+    elif any(out.glob("*.tfrecord")):
+        raise WriteError(f"{out} holds .tfrecord files without a manifest; add --overwrite to replace them")
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    for path in out.glob(".*.tmp-*"):  # temporaries of a killed run
+        path.unlink()
+    _write_json(out / PARTS / "plan.json", settings)
+    return None
+
+
+def write(options: Options, out: str | Path, workers: int = 0, overwrite: bool = False,
+          tfds_dir: str | None = None, log=sys.stderr) -> dict:  # fmt: skip
+    """Runs the whole job; returns the manifest. `workers` 0 means one per core."""
+    out = Path(out)
+    done = _prepare_out(out, options, overwrite)
+    if done is not None:
+        print(f"{out} is already complete for these options: nothing to do (--overwrite rebuilds it)", file=log)
+        return done
+    started = time.perf_counter()
+    plan = sources.plan(options.source, options.chunk_images(), tfds_dir)
+    for skipped in plan.skipped:
+        print(f"skipped {skipped['source']}: {skipped['reason']}", file=log)
+    parts_dir = out / PARTS
+    pending = [c for c in plan.chunks if not (parts_dir / f"{c.group}-{c.index:05d}.json").exists()]
+    if len(pending) < len(plan.chunks):
+        print(f"resuming: {len(plan.chunks) - len(pending)} of {len(plan.chunks)} chunks already done", file=log)
+    workers = min(workers or os.cpu_count() or 1, len(pending)) or 1
+
+    progress = tqdm(total=sum(c.photos for c in pending), unit="photo", desc="make data", file=log, disable=None)
+
+    def finished(chunk: sources.Chunk, part: dict) -> None:
+        for skipped in part["skipped_files"]:
+            progress.write(f"skipped {skipped['source']}: {skipped['reason']}", file=log)
+        progress.update(chunk.photos)
+
+    if workers == 1:
+        for chunk in pending:
+            finished(chunk, write_chunk(chunk, options, out))
+    else:
+        context = multiprocessing.get_context("spawn")  # TF is not fork-safe
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            futures = {pool.submit(write_chunk, chunk, options, out): chunk for chunk in pending}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    finished(futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    progress.close()
+
+    manifest = _manifest(options, plan, out)
+    if not any(info["tiles"] for info in manifest["splits"].values()):
+        raise WriteError(f"{options.source}: no usable photo; nothing was written (see the reasons above)")
+    _write_json(out / MANIFEST, manifest)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    print(summary(manifest, out, time.perf_counter() - started), file=log)
+    return manifest
+
+
+def _manifest(options: Options, plan: sources.Plan, out: Path) -> dict:
+    parts = [json.loads((out / PARTS / f"{c.group}-{c.index:05d}.json").read_text()) for c in plan.chunks]
+    counts = {c.group: c.count for c in plan.chunks}
+    splits: dict[str, dict] = {}
+    histogram = np.zeros(len(color.ab_bins()), np.int64)
+    for part in sorted(parts, key=lambda part: (part["group"], part["index"])):
+        for split in GROUP_SPLITS[part["group"]]:
+            info = splits.setdefault(split, {"shards": [], "tiles": 0, "images": 0})
+            info["shards"].append(schema.shard_name(split, part["index"], counts[part["group"]]))
+            info["tiles"] += part["tiles"][split]
+            info["images"] += part["images"][split]
+            if split == "train":
+                histogram += np.asarray(part["histogram"][split], np.int64)
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": dataclasses.asdict(options),
+        "source": {"spec": options.source, "photos": plan.images},
+        "label_names": plan.label_names,
+        "splits": splits,
+        "skipped_files": plan.skipped + [skip for part in parts for skip in part["skipped_files"]],
+        "skipped_tiles": [skip for part in parts for skip in part["skipped_tiles"]],
+        "ab_prior": {
+            "about": "pixel counts of the train split over the in-gamut ab bins (Lab units, grid 10)",
+            "bins": color.ab_bins().tolist(),
+            "counts": histogram.tolist(),
+        },
+    }
+
+
+def summary(manifest: dict, out: Path, seconds: float) -> str:
+    """The closing lines a person reads: what was written and what was skipped, and why."""
+    splits = manifest["splits"]
+    tiles_total = sum(info["tiles"] for info in splits.values())
+    lines = [
+        f"wrote {tiles_total:,} tiles of {manifest['options']['size']} px from "
+        f"{sum(info['images'] for info in splits.values()):,} photos into {out} in {seconds:.1f} s"
+    ]
+    for split, info in splits.items():
+        lines.append(f"  {split:5s} {info['tiles']:>9,} tiles  {info['images']:>7,} photos  {len(info['shards'])} shards")
+    kinds = Counter(skip["reason"].split(":")[0] for skip in manifest["skipped_files"])
+    if kinds:
+        detail = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+        lines.append(f"skipped {sum(kinds.values())} files: {detail} (reasons in manifest.json)")
+    if manifest["skipped_tiles"]:
+        lines.append(f"skipped {len(manifest['skipped_tiles']):,} flat tiles")
+    return "\n".join(lines)

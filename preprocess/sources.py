@@ -1,0 +1,325 @@
+"""Where colour photos come from: `--source=SPEC`, planned into chunks that workers read.
+
+SPEC is one of
+    samples                 the colour photos scikit-image and scikit-learn ship (no network)
+    folder:PATH             every JPEG, PNG, BMP, TIFF or WebP under PATH, recursively
+    cifar10:PATH            CIFAR-10 as python-pickle batches (cifar-10-batches-py) or as
+                            JPEG folders PATH/{train,test}/<class>/*.jpg; labels kept
+    tfds:NAME[:SPLIT]       any TFDS image dataset; downloaded when online (SPLIT: train)
+
+Planning happens in the main process and only lists things; decoding happens in workers,
+one `Chunk` each. A chunk's `group` says which splits its photos may land in: "trainval"
+photos are hashed into train or val, "test" and "val" photos keep that split.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from preprocess.images import IMAGE_SUFFIXES, UnusableImage, load_rgb
+from preprocess.schema import NO_LABEL
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# The natural colour photos among the data files of scikit-image and scikit-learn; their
+# other files are drawings, microscopy in gray, or test patterns.
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
+)  # fmt: skip
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+
+
+class SourceError(Exception):
+    """A source that cannot be read at all (bad spec, missing folder, offline TFDS)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of a source that one worker turns into one shard per split it reaches.
+
+    `items` depend on `reader`: (source_id, path, label) for "files", (batch file, row) for
+    "cifar_pickle", and one (name, split, start, stop, data_dir) for "tfds".
+    """
+
+    reader: str
+    items: tuple
+    group: str  # "trainval", "val" or "test"
+    index: int  # this chunk's number within its group, which is also its shard number
+    count: int  # chunks in the group
+
+    @property
+    def photos(self) -> int:
+        if self.reader == "tfds":
+            ((_, _, start, stop, _),) = self.items
+            return stop - start
+        return len(self.items)
+
+
+@dataclass
+class Plan:
+    chunks: list[Chunk]
+    images: int
+    label_names: list[str] | None = None
+    skipped: list[dict] = field(default_factory=list)  # {"source", "reason"} found while listing
+
+
+@dataclass(frozen=True)
+class Record:
+    """One photo read by a worker: the pixels, or why there are none."""
+
+    source_id: str  # stable across machines: what the train/val hash is taken of
+    origin: str  # where a person finds it: a path, or a dataset and index
+    label: int
+    rgb: np.ndarray | None = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Planning
+
+
+def plan(spec: str, images_per_chunk: int, tfds_dir: str | None = None) -> Plan:
+    """Lists the photos of a source spec and groups them into chunks of `images_per_chunk`."""
+    kind, _, argument = spec.partition(":")
+    planners = {"samples": _plan_samples, "folder": _plan_folder, "cifar10": _plan_cifar10, "tfds": _plan_tfds}
+    if kind not in planners:
+        raise SourceError(f"unknown source {spec!r}; valid: samples, folder:PATH, cifar10:PATH, tfds:NAME[:SPLIT]")
+    if kind == "samples":
+        return _plan_samples(images_per_chunk)
+    if not argument:
+        raise SourceError(f"source {spec!r} needs a value after ':', for example {kind}:PATH")
+    if kind == "tfds":
+        return _plan_tfds(argument, images_per_chunk, tfds_dir)
+    return planners[kind](Path(argument).expanduser(), images_per_chunk)
+
+
+def _chunked(reader: str, items: list, group: str, size: int) -> list[Chunk]:
+    count = math.ceil(len(items) / size)
+    return [Chunk(reader, tuple(items[i * size : (i + 1) * size]), group, i, count) for i in range(count)]
+
+
+def _plan_samples(images_per_chunk: int) -> Plan:
+    import skimage.data
+    import sklearn.datasets
+
+    folders = {
+        "skimage": (Path(skimage.data.__file__).parent, SKIMAGE_PHOTOS),
+        "sklearn": (Path(sklearn.datasets.__file__).parent / "images", SKLEARN_PHOTOS),
+    }
+    items = [
+        (f"{package}/{name}", str(folder / name), NO_LABEL)
+        for package, (folder, names) in folders.items()
+        for name in names
+        if (folder / name).is_file()
+    ]
+    if not items:
+        raise SourceError("samples: neither scikit-image nor scikit-learn ships its sample photos here")
+    return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items))
+
+
+def _list_images(root: Path, skipped: list[dict]) -> list[Path]:
+    """Image files under root, sorted; unreadable folders are recorded in `skipped`."""
+
+    def unreadable(error: OSError) -> None:
+        skipped.append({"source": str(error.filename), "reason": f"cannot read folder: {error.strerror}"})
+
+    found = []
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
+        subfolders.sort()
+        found += [Path(folder) / name for name in sorted(names) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
+def _require_folder(path: Path, spec: str) -> None:
+    if not path.exists():
+        raise SourceError(f"{spec}: {path} does not exist")
+    if not path.is_dir():
+        raise SourceError(f"{spec}: {path} is not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise SourceError(f"{spec}: {path} cannot be read (permission denied)")
+
+
+def _plan_folder(root: Path, images_per_chunk: int) -> Plan:
+    _require_folder(root, f"folder:{root}")
+    skipped: list[dict] = []
+    paths = _list_images(root, skipped)
+    items = [(path.relative_to(root).as_posix(), str(path), NO_LABEL) for path in paths]
+    return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items), skipped=skipped)
+
+
+def _plan_cifar10(root: Path, images_per_chunk: int) -> Plan:
+    _require_folder(root, f"cifar10:{root}")
+    for batches in (root, root / "cifar-10-batches-py"):
+        if (batches / "data_batch_1").is_file():
+            return _plan_cifar10_pickles(batches, images_per_chunk)
+    if (root / "train").is_dir():
+        return _plan_cifar10_folders(root, images_per_chunk)
+    raise SourceError(
+        f"cifar10:{root}: found neither python batches (data_batch_1 ... test_batch) "
+        "nor folders train/<class>/*.jpg and test/<class>/*.jpg"
+    )
+
+
+def _plan_cifar10_pickles(folder: Path, images_per_chunk: int) -> Plan:
+    label_names = list(CIFAR10_CLASSES)
+    if (folder / "batches.meta").is_file():
+        with open(folder / "batches.meta", "rb") as meta:
+            label_names = [name.decode() for name in pickle.load(meta, encoding="bytes")[b"label_names"]]
+    groups: dict[str, list] = {"trainval": [], "test": []}
+    skipped: list[dict] = []
+    names = sorted(path.name for path in folder.glob("data_batch_*")) + ["test_batch"]
+    for name in names:
+        try:
+            rows = len(_cifar_batch(str(folder / name))[b"labels"])
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError) as error:
+            skipped.append({"source": str(folder / name), "reason": f"cannot read CIFAR-10 batch: {error}"})
+            continue
+        group = "test" if name == "test_batch" else "trainval"
+        groups[group] += [(str(folder / name), row) for row in range(rows)]
+    chunks = [chunk for group, rows in groups.items() for chunk in _chunked("cifar_pickle", rows, group, images_per_chunk)]
+    return Plan(chunks, sum(len(rows) for rows in groups.values()), label_names, skipped)
+
+
+def _plan_cifar10_folders(root: Path, images_per_chunk: int) -> Plan:
+    classes = sorted(path.name for path in (root / "train").iterdir() if path.is_dir())
+    label_names = list(CIFAR10_CLASSES) if set(classes) <= set(CIFAR10_CLASSES) else classes
+    chunks: list[Chunk] = []
+    skipped: list[dict] = []
+    images = 0
+    for split, group in (("train", "trainval"), ("test", "test")):
+        if not (root / split).is_dir():
+            continue
+        items = []
+        for path in _list_images(root / split, skipped):
+            relative = path.relative_to(root)
+            class_name = relative.parts[1] if len(relative.parts) > 2 else None
+            label = label_names.index(class_name) if class_name in label_names else NO_LABEL
+            items.append((relative.as_posix(), str(path), label))
+        chunks += _chunked("files", items, group, images_per_chunk)
+        images += len(items)
+    return Plan(chunks, images, label_names, skipped)
+
+
+def _plan_tfds(argument: str, images_per_chunk: int, data_dir: str | None) -> Plan:
+    import tensorflow_datasets as tfds
+
+    name, _, split = argument.partition(":")
+    split = split or "train"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # TFDS raises its own types for unknown names and bad configs
+        raise SourceError(f"tfds:{argument}: {error}") from None
+    if not builder.is_prepared():
+        hosts = _download_hosts(builder)
+        if not any(reachable(host) for host in hosts):
+            raise SourceError(
+                f"tfds:{name}: not downloaded in {builder.data_dir_root} and its download hosts "
+                f"({', '.join(hosts)}) cannot be reached: this machine looks offline. Download it "
+                f"where you are online (same --tfds-dir), or use the local files with folder:PATH "
+                f"or cifar10:PATH."
+            )
+        print(f"tfds:{name}: downloading and preparing into {builder.data_dir_root} ...", file=sys.stderr)
+        builder.download_and_prepare()
+    if split not in builder.info.splits:
+        raise SourceError(f"tfds:{name}: no split {split!r}; it has {', '.join(builder.info.splits)}")
+    features = builder.info.features
+    label = features["label"] if "label" in features.keys() else None
+    label_names = list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+    total = builder.info.splits[split].num_examples
+    group = "test" if split.startswith("test") else "val" if split.startswith(("val", "validation")) else "trainval"
+    count = math.ceil(total / images_per_chunk)
+    chunks = [
+        Chunk("tfds", ((name, split, i * images_per_chunk, min(total, (i + 1) * images_per_chunk), data_dir),),
+              group, i, count)
+        for i in range(count)
+    ]  # fmt: skip
+    return Plan(chunks, total, label_names)
+
+
+def _download_hosts(builder) -> list[str]:
+    # TFDS first tries its own bucket for a prepared copy, then the dataset's original URLs.
+    hosts = ["storage.googleapis.com"]
+    for url in builder.url_infos or {}:
+        host = urlparse(url).hostname
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Reading (in the workers)
+
+
+def read(chunk: Chunk, max_pixels: int) -> Iterator[Record]:
+    """The photos of one chunk, in a fixed order; unusable ones carry their error."""
+    readers = {"files": _read_files, "cifar_pickle": _read_cifar_pickle, "tfds": _read_tfds}
+    return readers[chunk.reader](chunk.items, max_pixels)
+
+
+def _read_files(items: tuple, max_pixels: int) -> Iterator[Record]:
+    for source_id, path, label in items:
+        try:
+            yield Record(source_id, path, label, rgb=load_rgb(path, max_pixels))
+        except UnusableImage as error:
+            yield Record(source_id, path, label, error=error.reason)
+
+
+_cifar_cache: dict[str, dict] = {}
+
+
+def _cifar_batch(path: str) -> dict:
+    # A chunk's rows are consecutive, from one or two batch files: keep the last one unpickled.
+    if path not in _cifar_cache:
+        _cifar_cache.clear()
+        with open(path, "rb") as batch:
+            _cifar_cache[path] = pickle.load(batch, encoding="bytes")
+    return _cifar_cache[path]
+
+
+def _read_cifar_pickle(items: tuple, max_pixels: int) -> Iterator[Record]:
+    for path, row in items:
+        batch = _cifar_batch(path)
+        # a row is 3072 bytes: the 32x32 red plane, then green, then blue
+        rgb = np.asarray(batch[b"data"][row]).reshape(3, 32, 32).transpose(1, 2, 0)
+        filename = batch[b"filenames"][row].decode() if b"filenames" in batch else str(row)
+        yield Record(f"{Path(path).name}/{filename}", f"{path}[{row}]", int(batch[b"labels"][row]), rgb=rgb)
+
+
+def _read_tfds(items: tuple, max_pixels: int) -> Iterator[Record]:
+    import tensorflow_datasets as tfds
+
+    ((name, split, start, stop, data_dir),) = items
+    builder = tfds.builder(name, data_dir=data_dir)
+    image_key = next(key for key, feature in builder.info.features.items() if isinstance(feature, tfds.features.Image))
+    dataset = builder.as_dataset(split=f"{split}[{start}:{stop}]", shuffle_files=False)
+    for index, example in enumerate(tfds.as_numpy(dataset), start=start):
+        source_id = f"{name}/{split}/{index}"
+        label = int(example["label"]) if "label" in example else NO_LABEL
+        rgb = example[image_key]
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            yield Record(source_id, source_id, label, error="grayscale image: no colour truth")
+        elif rgb.shape[0] * rgb.shape[1] > max_pixels:
+            pixels = rgb.shape[0] * rgb.shape[1]
+            yield Record(source_id, source_id, label, error=f"too large: {pixels:,} pixels exceeds {max_pixels:,}")
+        else:
+            yield Record(source_id, source_id, label, rgb=rgb.astype(np.uint8))

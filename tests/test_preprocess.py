@@ -1,0 +1,412 @@
+"""make data end to end on small photos made here: sources, tiles, shards, manifest, reader."""
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from preprocess import color, dataset, schema, shards, sources, tiles
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A colourful uint8 image with structure: colour ramps plus noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 5.0 + seed)], -1)
+    return np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def photo_folder(root: Path, count: int, size=(48, 64)) -> Path:
+    for i in range(count):
+        folder = root / ("nested/deeper" if i % 3 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo(*size, seed=i)).save(folder / f"photo{i:02d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def make(out: Path, **options) -> tuple[dict, str]:
+    log = io.StringIO()
+    workers = options.pop("workers", 1)
+    overwrite = options.pop("overwrite", False)
+    tfds_dir = options.pop("tfds_dir", None)
+    manifest = shards.write(shards.Options(**options), out, workers, overwrite, tfds_dir, log=log)
+    return manifest, log.getvalue()
+
+
+def read_split(out: Path, split: str) -> list[dict]:
+    return [
+        {key: value.numpy() for key, value in schema.parse(record).items()}
+        for name in json.loads((out / "manifest.json").read_text())["splits"][split]["shards"]
+        for record in tf.data.TFRecordDataset(str(out / name))
+    ]
+
+
+def test_folder_source_writes_shards_manifest_and_a_readable_split(tmp_path):
+    root = photo_folder(tmp_path / "photos", 12)
+    manifest, log = make(tmp_path / "out", source=f"folder:{root}", size=32, mode="center", val_fraction=0.3)
+    splits = manifest["splits"]
+    assert set(splits) == {"train", "val"}
+    assert splits["train"]["images"] + splits["val"]["images"] == 12
+    assert splits["train"]["tiles"] + splits["val"]["tiles"] == 12
+    assert splits["val"]["images"] >= 1 and splits["train"]["images"] >= 1
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tfrecord")) == [
+        "train-00000-of-00001.tfrecord",
+        "val-00000-of-00001.tfrecord",
+    ]
+    assert manifest["schema_version"] == schema.SCHEMA_VERSION
+    assert manifest["options"]["size"] == 32
+    assert "wrote 12 tiles of 32 px from 12 photos" in log
+    assert not (tmp_path / "out" / shards.PARTS).exists()
+
+    # the prior counts every pixel of every train tile
+    counts = np.array(manifest["ab_prior"]["counts"])
+    assert counts.sum() == splits["train"]["tiles"] * 32 * 32
+    assert len(counts) == len(manifest["ab_prior"]["bins"]) == len(color.ab_bins())
+
+    # the stored tile is the centre crop of the photo scaled so its shorter side is 32
+    train = read_split(tmp_path / "out", "train")
+    first = next(r for r in train if r["source_id"] == b"photo01.png")
+    expected = tiles.make_tiles(photo(48, 64, seed=1), 32, "center", np.random.default_rng(0))[0]
+    np.testing.assert_array_equal(first["rgb"], expected)
+
+    batch = next(iter(dataset.load(tmp_path / "out", "train", batch_size=4)))
+    assert batch["gray"].shape == (4, 32, 32, 1) and batch["gray"].dtype == tf.float32
+    assert batch["color"].shape == (4, 32, 32, 2)
+    assert batch["label"].shape == (4,) and (batch["label"].numpy() == schema.NO_LABEL).all()
+    assert -1.0 <= batch["gray"].numpy().min() and batch["gray"].numpy().max() <= 1.0
+    assert np.abs(batch["color"].numpy()).max() <= 1.0
+
+
+def test_tiles_of_one_photo_never_land_in_two_splits(tmp_path):
+    root = photo_folder(tmp_path / "photos", 16, size=(80, 80))
+    make(tmp_path / "out", source=f"folder:{root}", size=32, mode="tile", val_fraction=0.5, images_per_shard=5)
+    train = {r["source_id"] for r in read_split(tmp_path / "out", "train")}
+    val = {r["source_id"] for r in read_split(tmp_path / "out", "val")}
+    assert train and val and not train & val
+    assert len(list((tmp_path / "out").glob("train-*-of-00004.tfrecord"))) == 4
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("resize", [(32, 32)]), ("center", [(32, 32)]), ("random", [(32, 32)] * 3), ("tile", [(32, 32)] * 12)],
+)
+def test_tiling_modes(mode, expected):
+    # tile: stride 24 -> rows start at 0, 24, 28 (last aligned to the border), columns at 0, 24, 48, 68
+    rgb = photo(60, 100)
+    made = tiles.make_tiles(rgb, 32, mode, np.random.default_rng(0), crops=3, overlap=0.25)
+    assert [t.shape[:2] for t in made] == expected
+    if mode == "tile":
+        np.testing.assert_array_equal(made[-1], rgb[28:60, 68:100])
+        np.testing.assert_array_equal(made[5], rgb[24:56, 24:56])
+
+
+def test_small_photos_are_scaled_up_for_random_crops():
+    made = tiles.make_tiles(photo(20, 40), 32, "random", np.random.default_rng(0), crops=2)
+    assert [t.shape for t in made] == [(32, 32, 3)] * 2
+
+
+def test_near_gray_photos_and_flat_tiles_are_skipped_with_reasons(tmp_path):
+    root = photo_folder(tmp_path / "photos", 3, size=(64, 64))
+    gray_rgb = np.repeat(photo(64, 64)[..., :1], 3, axis=-1)
+    Image.fromarray(gray_rgb).save(root / "gray_as_rgb.png")
+    half_flat = photo(64, 128, seed=9)
+    half_flat[:, 64:] = (200, 40, 40)
+    Image.fromarray(half_flat).save(root / "half_flat.png")
+    manifest, log = make(tmp_path / "out", source=f"folder:{root}", size=64, mode="tile", overlap=0.0)
+    skipped = {Path(s["source"]).name: s["reason"] for s in manifest["skipped_files"]}
+    assert skipped.keys() == {"gray_as_rgb.png"}
+    assert skipped["gray_as_rgb.png"].startswith("near-gray photo: colourfulness 0.0 < 5.0")
+    assert manifest["skipped_tiles"] == [
+        {"source": str(root / "half_flat.png"), "tile": 1, "reason": "flat tile: luma std 0.00 < 3.0"}
+    ]
+    assert "skipped 1 files: 1 near-gray photo" in log and "skipped 1 flat tiles" in log
+
+
+def bad_files(root: Path) -> dict[str, str]:
+    """Every kind of broken input next to good photos; -> file name: expected reason start."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("not a photo at all")
+    buffer = io.BytesIO()
+    Image.fromarray(photo(64, 64)).save(buffer, format="JPEG")
+    (root / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.fromarray(photo(32, 32)[..., 0]).save(root / "grayscale.png")
+    Image.new("1", (20000, 20000)).save(root / "bomb.png")
+    return {
+        "empty.jpg": "empty file",
+        "notes.jpg": "not an image",
+        "truncated.jpg": "truncated",
+        "grayscale.png": "grayscale image",
+        "bomb.png": "too large",
+    }
+
+
+def test_bad_files_are_reported_and_the_rest_is_written(tmp_path):
+    root = photo_folder(tmp_path / "photos", 3)
+    expected = bad_files(root)
+    rgba = np.dstack([photo(40, 40), np.full((40, 40), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(root / "rgba.png")
+    Image.fromarray(photo(40, 40)).convert("CMYK").save(root / "cmyk.jpg")
+    manifest, log = make(tmp_path / "out", source=f"folder:{root}", size=32)
+    skipped = {Path(s["source"]).name: s["reason"] for s in manifest["skipped_files"]}
+    assert skipped.keys() == expected.keys()
+    for name, reason in expected.items():
+        assert skipped[name].startswith(reason), (name, skipped[name])
+        assert f"skipped {root / name}: {skipped[name]}" in log
+    assert sum(info["images"] for info in manifest["splits"].values()) == 5  # 3 photos, rgba, cmyk
+    assert "skipped 5 files:" in log
+    assert "Traceback" not in log
+
+
+def test_unreadable_folder_is_reported_and_the_rest_is_written(tmp_path, monkeypatch):
+    root = photo_folder(tmp_path / "photos", 2)
+    locked = root / "locked"
+    locked.mkdir()
+    Image.fromarray(photo(32, 32)).save(locked / "hidden.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        # root may not be denied a folder by its permissions, so the denial is simulated
+        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    manifest, log = make(tmp_path / "out", source=f"folder:{root}", size=32)
+    assert manifest["skipped_files"] == [{"source": str(locked), "reason": "cannot read folder: Permission denied"}]
+    assert sum(info["images"] for info in manifest["splits"].values()) == 2
+    assert f"skipped {locked}: cannot read folder" in log
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "preprocess", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reports_a_missing_path_without_a_traceback(tmp_path):
+    result = run_cli(f"--source=folder:{tmp_path / 'nowhere'}", f"--out={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert f"{tmp_path / 'nowhere'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").glob("*.tfrecord"))
+
+
+def test_cli_rejects_an_unknown_source_and_bad_options(tmp_path):
+    result = run_cli("--source=flickr:cats", f"--out={tmp_path}")
+    assert result.returncode == 2 and "valid: samples, folder:PATH" in result.stderr
+    result = run_cli("--val-fraction=1.5", f"--out={tmp_path}")
+    assert result.returncode == 2 and "val fraction 1.5" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_fails_cleanly_when_no_photo_is_usable(tmp_path):
+    root = tmp_path / "photos"
+    bad_files(root)
+    result = run_cli(f"--source=folder:{root}", f"--out={tmp_path / 'out'}", "--workers=1")
+    assert result.returncode == 2
+    assert "no usable photo" in result.stderr and "Traceback" not in result.stderr
+    assert f"{root / 'empty.jpg'}: empty file" in result.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_samples_source_uses_the_photos_dependencies_ship(tmp_path):
+    plan = sources.plan("samples", images_per_chunk=100)
+    assert plan.images >= 10
+    paths = [item[1] for chunk in plan.chunks for item in chunk.items]
+    assert all(Path(path).is_file() for path in paths)
+    assert any("skimage" in path for path in paths) and any("sklearn" in path for path in paths)
+
+
+def write_cifar_batches(folder: Path, rows_per_batch: int = 6) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "batches.meta", "wb") as meta:
+        pickle.dump({b"label_names": [name.encode() for name in sources.CIFAR10_CLASSES]}, meta)
+    for index, name in enumerate(["data_batch_1", "data_batch_2", "test_batch"]):
+        images = np.stack([photo(32, 32, seed=10 * index + row) for row in range(rows_per_batch)])
+        batch = {
+            b"data": images.transpose(0, 3, 1, 2).reshape(rows_per_batch, 3072),
+            b"labels": [(index + row) % 10 for row in range(rows_per_batch)],
+            b"filenames": [f"{name}_{row}.png".encode() for row in range(rows_per_batch)],
+        }
+        with open(folder / name, "wb") as out:
+            pickle.dump(batch, out)
+
+
+def test_cifar10_pickle_batches_keep_labels_pixels_and_the_test_split(tmp_path):
+    write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    manifest, _ = make(tmp_path / "out", source=f"cifar10:{tmp_path}", size=32, mode="resize", images_per_shard=4)
+    assert manifest["label_names"] == list(sources.CIFAR10_CLASSES)
+    assert manifest["splits"]["test"]["images"] == 6
+    assert manifest["splits"]["train"]["images"] + manifest["splits"]["val"]["images"] == 12
+    test = {r["source_id"].decode(): r for r in read_split(tmp_path / "out", "test")}
+    assert test["test_batch/test_batch_4.png"]["label"] == (2 + 4) % 10
+    np.testing.assert_array_equal(test["test_batch/test_batch_4.png"]["rgb"], photo(32, 32, seed=24))
+
+
+def test_cifar10_jpeg_folders_keep_class_labels(tmp_path):
+    for split, count in (("train", 4), ("test", 2)):
+        for name in ("cat", "ship"):
+            folder = tmp_path / "cifar" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(photo(32, 32, seed=i)).save(folder / f"{i:04d}.jpg", quality=95)
+    manifest, _ = make(tmp_path / "out", source=f"cifar10:{tmp_path / 'cifar'}", size=32, mode="resize")
+    assert manifest["splits"]["test"]["images"] == 4
+    labels = {r["source_id"].decode(): r["label"] for r in read_split(tmp_path / "out", "test")}
+    assert labels["test/cat/0001.jpg"] == sources.CIFAR10_CLASSES.index("cat")
+    assert labels["test/ship/0000.jpg"] == sources.CIFAR10_CLASSES.index("ship")
+    batch = next(iter(dataset.load(tmp_path / "out", "test", batch_size=4)))
+    assert sorted(batch["label"].numpy().tolist()) == [3, 3, 8, 8]
+
+
+def test_tfds_offline_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "reachable", lambda host, **_: False)
+    with pytest.raises(sources.SourceError, match="looks offline") as error:
+        sources.plan("tfds:beans", images_per_chunk=100, tfds_dir=str(tmp_path))
+    assert "folder:PATH" in str(error.value)
+
+
+def test_reachable_is_false_for_a_closed_port():
+    assert not sources.reachable("127.0.0.1", port=9, timeout=1.0)
+
+
+def test_tfds_source_reads_a_prepared_dataset(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class TinyColours(tfds.core.GeneratorBasedBuilder):
+        """Prepared locally, so the source reads it without a download."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=["x", "y"])}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 10), "test": self._generate_examples(100, 3)}
+
+        def _generate_examples(self, first, count):
+            for i in range(count):
+                yield i, {"image": photo(40, 40, seed=first + i), "label": i % 2}
+
+    TinyColours(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    for split, expected in (("train", {"train", "val"}), ("test", {"test"})):
+        manifest, _ = make(tmp_path / split, source=f"tfds:tiny_colours:{split}", size=32, images_per_shard=4,
+                           tfds_dir=str(tmp_path / "tfds"))
+        assert set(manifest["splits"]) == expected
+        assert manifest["label_names"] == ["x", "y"]
+    assert manifest["splits"]["test"]["images"] == 3
+    test = read_split(tmp_path / "test", "test")
+    assert [r["source_id"] for r in test] == [b"tiny_colours/test/0", b"tiny_colours/test/1", b"tiny_colours/test/2"]
+    assert sorted(r["label"] for r in test) == [0, 0, 1]  # TFDS stores examples in its own order
+
+
+def test_complete_output_is_left_alone_unless_overwrite(tmp_path):
+    root = photo_folder(tmp_path / "photos", 3)
+    make(tmp_path / "out", source=f"folder:{root}", size=32)
+    shard = next((tmp_path / "out").glob("train-*.tfrecord"))
+    before = shard.stat().st_mtime_ns
+    _, log = make(tmp_path / "out", source=f"folder:{root}", size=32)
+    assert "already complete" in log and shard.stat().st_mtime_ns == before
+    with pytest.raises(shards.WriteError, match="other options"):
+        make(tmp_path / "out", source=f"folder:{root}", size=16)
+    manifest, _ = make(tmp_path / "out", source=f"folder:{root}", size=16, overwrite=True)
+    assert manifest["options"]["size"] == 16
+
+
+def test_an_interrupted_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, monkeypatch):
+    root = photo_folder(tmp_path / "photos", 12)
+    options = dict(source=f"folder:{root}", size=32, images_per_shard=3)
+    make(tmp_path / "reference", **options)
+
+    real_write_chunk = shards.write_chunk
+    calls = []
+
+    def dies_in_third_chunk(chunk, options, out):
+        calls.append(chunk.index)
+        if len(calls) == 3:
+            real_read = sources.read
+
+            def read_then_die(chunk, max_pixels):
+                yield next(real_read(chunk, max_pixels))
+                raise KeyboardInterrupt  # as if killed midway through a shard
+
+            monkeypatch.setattr(sources, "read", read_then_die)
+        return real_write_chunk(chunk, options, out)
+
+    monkeypatch.setattr(shards, "write_chunk", dies_in_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path / "out", **options)
+    out = tmp_path / "out"
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob(".*.tmp-*"))
+    written = sorted(p.name for p in out.glob("*.tfrecord"))
+    assert written == sorted(n for i in (0, 1) for n in (f"train-0000{i}-of-00004.tfrecord", f"val-0000{i}-of-00004.tfrecord"))
+
+    monkeypatch.undo()
+    (out / ".train-00003-of-00004.tfrecord.tmp-999").write_bytes(b"left by a killed worker")
+    _, log = make(out, **options)
+    assert "resuming: 2 of 4 chunks already done" in log
+    assert not list(out.glob(".*.tmp-*"))
+    reference = tmp_path / "reference"
+    for shard in reference.glob("*.tfrecord"):
+        assert (out / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_parallel_workers_write_the_same_shards_as_one(tmp_path):
+    root = photo_folder(tmp_path / "photos", 8)
+    options = dict(source=f"folder:{root}", size=32, mode="random", crops=2, images_per_shard=3)
+    one, _ = make(tmp_path / "one", **options)
+    two, _ = make(tmp_path / "two", workers=2, **options)
+    assert one["splits"] == two["splits"] and one["ab_prior"] == two["ab_prior"]
+    for shard in (tmp_path / "one").glob("*.tfrecord"):
+        assert (tmp_path / "two" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_gzip_shards_read_back(tmp_path):
+    root = photo_folder(tmp_path / "photos", 4)
+    make(tmp_path / "out", source=f"folder:{root}", size=32, compression="GZIP", val_fraction=0.0)
+    batch = next(iter(dataset.load(tmp_path / "out", "train", batch_size=4, training=False)))
+    assert batch["gray"].shape == (4, 32, 32, 1)
+
+
+def test_reader_training_augments_and_evaluation_is_stable(tmp_path):
+    root = photo_folder(tmp_path / "photos", 6, size=(64, 64))
+    make(tmp_path / "out", source=f"folder:{root}", size=64, val_fraction=0.0)
+    train = dataset.load(tmp_path / "out", "train", batch_size=4, crop_size=48, seed=1)
+    batches = list(train)
+    assert len(batches) == 1  # 6 tiles, remainder dropped
+    assert batches[0]["gray"].shape == (4, 48, 48, 1) and batches[0]["color"].shape == (4, 48, 48, 2)
+    evaluation = dataset.load(tmp_path / "out", "train", batch_size=4, training=False)
+    first, second = list(evaluation), list(evaluation)
+    assert [len(b["gray"]) for b in first] == [4, 2]
+    np.testing.assert_array_equal(first[0]["color"], second[0]["color"])
+
+
+def test_reader_names_a_missing_manifest_and_split(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        dataset.load(tmp_path, "train")
+    root = photo_folder(tmp_path / "photos", 2)
+    make(tmp_path / "out", source=f"folder:{root}", size=32, val_fraction=0.0)
+    with pytest.raises(ValueError, match="no split 'test'"):
+        dataset.load(tmp_path / "out", "test")
+
+
+def test_contact_sheet_shows_gray_and_colour_pairs(tmp_path):
+    from preprocess.preview import contact_sheet
+
+    root = photo_folder(tmp_path / "photos", 5)
+    make(tmp_path / "out", source=f"folder:{root}", size=32, val_fraction=0.0)
+    contact_sheet(tmp_path / "out", tmp_path / "sheet.png", count=4)
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png"))
+    # 4 cells in a row; a cell is gray | colour, each 32 px tile enlarged 3x, with 4 px margins
+    assert sheet.shape == (96 + 8, 4 * (2 * 96 + 8), 3)
+    gray_half, colour_half = sheet[4:100, 4:100].astype(int), sheet[4:100, 100:196].astype(int)
+    assert np.abs(gray_half[..., 0] - gray_half[..., 2]).max() <= 1
+    assert np.abs(colour_half[..., 0] - colour_half[..., 2]).mean() > 10
