@@ -129,13 +129,12 @@ def ab_bins() -> np.ndarray:
     under the D65 conversion above reaches fewer (261), and those are all a colour photo can
     produce. Computed once per process (about a second).
     """
-    levels = tf.range(256, dtype=tf.int32)
-    g, b = tf.meshgrid(levels, levels, indexing="ij")
+    levels = np.arange(256, dtype=np.uint8)
     reached = np.zeros(len(_grid_centres()) ** 2, bool)
-    for red in range(256):
-        rgb = tf.stack([tf.fill(g.shape, red), g, b], axis=-1)
-        ab = rgb_to_lab(tf.cast(rgb, tf.uint8))[..., 1:].numpy()
-        reached[np.unique(_grid_index(ab))] = True
+    for reds in np.split(levels, 16):  # 16 slices of 2**20 colours keep memory small
+        rgb = np.stack(np.meshgrid(reds, levels, levels, indexing="ij"), axis=-1)
+        ab = rgb_to_lab(rgb)[..., 1:].numpy()
+        reached |= np.bincount(_grid_index(ab).ravel(), minlength=reached.size) > 0
     centres = _grid_centres()
     grid = np.stack(np.meshgrid(centres, centres, indexing="ij"), axis=-1).reshape(-1, 2)
     return grid[reached].astype(np.float32)

@@ -34,7 +34,7 @@ from preprocess.dataset import MANIFEST
 from preprocess.images import DEFAULT_MAX_PIXELS
 
 PARTS = ".parts"
-GROUP_SPLITS = {"trainval": ("train", "val"), "val": ("val",), "test": ("test",)}
+GROUP_SPLITS = {"trainval": ("train", "val"), "val": ("val",), "test": ("test",)}  # in report order
 # Shards of about this many bytes: large enough for fast sequential reads, small enough
 # that the chunks spread over the cores and a killed run loses little.
 TARGET_SHARD_BYTES = 32 * 2**20
@@ -278,7 +278,8 @@ def _manifest(options: Options, plan: sources.Plan, out: Path) -> dict:
     counts = {c.group: c.count for c in plan.chunks}
     splits: dict[str, dict] = {}
     histogram = np.zeros(len(color.ab_bins()), np.int64)
-    for part in sorted(parts, key=lambda part: (part["group"], part["index"])):
+    group_order = list(GROUP_SPLITS)
+    for part in sorted(parts, key=lambda part: (group_order.index(part["group"]), part["index"])):
         for split in GROUP_SPLITS[part["group"]]:
             info = splits.setdefault(split, {"shards": [], "tiles": 0, "images": 0})
             info["shards"].append(schema.shard_name(split, part["index"], counts[part["group"]]))
