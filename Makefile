@@ -13,12 +13,20 @@ MODE ?=
 OUT ?= data/shards
 ARGS ?=
 
-.PHONY: help setup data demo test bench clean
+# make train
+MODEL ?= cgan
+DATA ?= data/shards
+RUN ?= runs/$(MODEL)
+STEPS ?=
+EPOCHS ?=
+
+.PHONY: help setup data train demo test bench clean
 
 help:
 	@echo "make demo                 the whole pipeline on the sample photos that scikit-image ships"
 	@echo "make test                 the test suite"
 	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... ARGS='--key=value ...'"
+	@echo "make train MODEL=cgan|regression DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
 
 $(READY): setup.cfg pyproject.toml
@@ -31,6 +39,10 @@ setup: $(READY)
 
 data: $(READY)
 	$(PY) -m preprocess --source='$(SOURCE)' --size=$(SIZE) $(if $(MODE),--mode=$(MODE)) --out='$(OUT)' $(ARGS)
+
+train: $(READY)
+	$(PY) -m train --model=$(MODEL) --data='$(DATA)' --run='$(RUN)' $(if $(STEPS),--steps=$(STEPS)) \
+		$(if $(EPOCHS),--epochs=$(EPOCHS)) $(ARGS)
 
 demo: $(READY)
 	$(PY) -m preprocess --source=samples --size=64 --mode=tile --out=demo/shards \

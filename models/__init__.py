@@ -1,0 +1,119 @@
+"""Colorization models by name, and rebuilding them from a run folder.
+
+`MODELS[name]` holds the model's frozen config dataclass (architecture and loss weights,
+with the papers' defaults), its builder and its presets per tile size. Every builder
+returns named Keras networks; "generator" maps gray [B, H, W, 1] in [-1, 1] to colour
+[B, H, W, 2] in [-1, 1] (see preprocess/color.py for the scaling).
+
+How to add a model `foo`:
+  1. Write `models/foo.py` with a frozen `FooConfig` dataclass (with a `stride` property:
+     image sides must be multiples of it), `PRESETS` ({tile size: overrides}) and
+     `build(config) -> {"generator": ..., ...}` with a shape comment per layer. Networks
+     whose name starts with "discriminator" train at `--disc_learning_rate`, the others
+     at `--learning_rate`.
+  2. Add `"foo": Model(foo.FooConfig, foo.build, foo.PRESETS)` to MODELS below.
+  3. Add a step factory under the same name to STEPS in train/steps.py; a test checks
+     that both maps have the same keys.
+
+A run folder (written by `python -m train`, read here so that export/ never imports train/):
+    RUN/config.json   {"model": name, "model_config": {...}, "train_config": {...}, "versions": {...}}
+    RUN/ckpt/         the last checkpoints;  RUN/best/  the one with the best validation L1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+from models import pix2pix, regression
+from models.config import ConfigError, from_dict
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "ckpt"
+BEST_DIR = "best"
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    config: type  # frozen dataclass; its defaults are the paper's
+    build: Callable[[Any], dict[str, keras.Model]]
+    presets: Mapping[int, Mapping[str, object]]  # tile size -> overrides of the defaults
+
+
+MODELS: dict[str, Model] = {
+    "cgan": Model(pix2pix.CGANConfig, pix2pix.build, pix2pix.PRESETS),
+    "regression": Model(regression.RegressionConfig, regression.build, regression.PRESETS),
+}
+
+
+def get(name: str) -> Model:
+    """The registry entry of `name`; an unknown name raises ConfigError listing the valid ones."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build(name: str, config: Any) -> dict[str, keras.Model]:
+    """The named networks of model `name`, freshly initialised, under the current dtype policy."""
+    entry = get(name)
+    if not isinstance(config, entry.config):
+        raise TypeError(f"model {name} takes a {entry.config.__name__}, got {type(config).__name__}")
+    return entry.build(config)
+
+
+class SavedRun(NamedTuple):
+    model: str
+    model_config: Any
+    train_config: dict  # as saved; train/config.py turns it back into a TrainConfig
+
+
+def write_run_config(run_dir: str | Path, model: str, model_config: Any, train_config: Any) -> Path:
+    """Write RUN/config.json: everything needed to rebuild the networks and to resume."""
+    path = Path(run_dir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = {
+        "model": model,
+        "model_config": dataclasses.asdict(model_config),
+        "train_config": dataclasses.asdict(train_config),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(saved, indent=2) + "\n")
+    temporary.replace(path)  # a crash mid-write must not leave a run that cannot resume
+    return path
+
+
+def read_run_config(run_dir: str | Path) -> SavedRun:
+    """RUN/config.json back as (model name, typed model config, train config dict)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not a run folder (no {CONFIG_FILE})") from None
+    entry = get(saved["model"])
+    try:
+        model_config = from_dict(entry.config, saved["model_config"])
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return SavedRun(saved["model"], model_config, saved["train_config"])
+
+
+def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, keras.Model]:
+    """The networks of a run with trained weights: checkpoint "best", "latest" or a checkpoint path."""
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    networks = build(saved.model, saved.model_config)
+    folders = {"best": run_dir / BEST_DIR, "latest": run_dir / CHECKPOINT_DIR}
+    path = tf.train.latest_checkpoint(folders[checkpoint]) if checkpoint in folders else checkpoint
+    if not path:
+        raise FileNotFoundError(f"{run_dir}: no {checkpoint} checkpoint in {folders[checkpoint]}")
+    # Optimizer slots and loop state are in the file too; only the weights are wanted here.
+    status = tf.train.Checkpoint(**networks).restore(path).expect_partial()
+    status.assert_existing_objects_matched()
+    return networks

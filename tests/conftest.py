@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny shard folders written the way `python -m preprocess` writes them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from preprocess import schema
+
+# Two logical CPUs, so that MirroredStrategy can run with two replicas on any machine. It
+# must happen before TensorFlow initialises its devices, hence at import of this file; it
+# changes nothing for code that does not ask for the second device.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
+
+TILE_SIZE = 32
+SPLIT_TILES = {"train": 40, "val": 16}
+
+
+def _smooth_tiles(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+    """uint8 [count, size, size, 3]: random colour blobs (4x4 noise upsampled), not pure noise,
+    so that sample grids look like something and colour correlates with lightness a little."""
+    coarse = rng.uniform(0, 255, size=(count, 4, 4, 3)).astype(np.float32)
+    return tf.cast(tf.round(tf.image.resize(coarse, [size, size], method="bilinear")), tf.uint8).numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """A shard folder: train (40) and val (16) splits of 32x32 colour tiles, 2 shards each."""
+    out = tmp_path_factory.mktemp("tiny_shards")
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, count in SPLIT_TILES.items():
+        tiles = _smooth_tiles(rng, count, TILE_SIZE)
+        names = [schema.shard_name(split, index, 2) for index in range(2)]
+        for index, name in enumerate(names):
+            with tf.io.TFRecordWriter(str(out / name)) as writer:
+                for number in range(index, count, 2):
+                    writer.write(schema.encode(tiles[number], f"{split}/{number}"))
+        splits[split] = {"shards": names, "tiles": count}
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "splits": splits,
+        "options": {"size": TILE_SIZE, "compression": None},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out

@@ -1,0 +1,319 @@
+"""Training: steps of every model, the command line, the loop's resume, NaN guard, precision and strategies."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+import models
+from models.pix2pix import CGANConfig
+from models.regression import RegressionConfig
+from train import loop, steps
+from train.__main__ import main
+from train.config import TrainConfig, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+# Small enough for a step in milliseconds; 32 px images need depth 5.
+TINY_GENERATOR = {"depth": 5, "base_width": 4, "max_width": 16, "dropout_blocks": 2}
+TINY_MODELS = {
+    "cgan": CGANConfig(**TINY_GENERATOR, disc_layers=2, disc_base_width=4),
+    "regression": RegressionConfig(**TINY_GENERATOR),
+}
+TINY_ARGS = [f"--{key}={value}" for key, value in TINY_GENERATOR.items()]
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Runs change the dtype policy (restored by loop.runtime) and may turn on op determinism."""
+    yield
+    tf_config.disable_op_determinism()
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _batch(size: int = 4, seed: int = 0) -> dict[str, tf.Tensor]:
+    return {
+        "gray": tf.random.stateless_uniform([size, 32, 32, 1], [seed, 1], -1.0, 1.0),
+        "color": tf.random.stateless_uniform([size, 32, 32, 2], [seed, 2], -0.5, 0.5),
+    }
+
+
+def _weights(networks: dict[str, keras.Model]) -> dict[str, list[np.ndarray]]:
+    return {name: [v.numpy().copy() for v in network.trainable_variables] for name, network in networks.items()}
+
+
+def test_every_model_has_a_step():
+    assert list(steps.STEPS) == list(models.MODELS)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize(
+    ("model", "config", "expected"),
+    [
+        ("cgan", TINY_MODELS["cgan"], {"gen/total", "gen/adversarial", "gen/l1", "disc/total", "disc/real", "disc/fake"}),
+        ("cgan", CGANConfig(**{**TINY_GENERATOR, "disc_layers": 2, "disc_base_width": 4, "reconstruction": "mse",
+                               "g_steps_per_d_step": 2, "disc_norm": "instance"}),
+         {"gen/total", "gen/adversarial", "gen/mse", "disc/total", "disc/real", "disc/fake"}),
+        ("regression", TINY_MODELS["regression"], {"gen/l1"}),
+    ],
+    ids=["cgan", "cgan-mse-2g-instance", "regression"],
+)  # fmt: skip
+def test_a_step_gives_finite_losses_and_moves_every_network(model, config, expected, compiled):
+    networks = models.build(model, config)
+    optimizers = {name: keras.optimizers.Adam(2e-4, beta_1=0.5) for name in networks}
+    step = steps.get(model)(config)
+    if compiled:
+        step = tf.function(step)
+    before = _weights(networks)
+    losses = step(networks, optimizers, _batch())
+    assert set(losses) == expected
+    assert all(math.isfinite(float(value)) for value in losses.values())
+    for name, network in networks.items():
+        moved = [not np.array_equal(old, new.numpy()) for old, new in zip(before[name], network.trainable_variables)]
+        assert all(moved), f"{name}: some weights did not move"
+    g_steps = getattr(config, "g_steps_per_d_step", 1)
+    assert int(optimizers["generator"].iterations) == g_steps
+
+
+def test_discriminator_loss_smooths_real_labels_only():
+    big = tf.fill([1, 2, 2, 1], 30.0)
+    losses = steps.discriminator_losses(real_logits=big, fake_logits=-big, label_smoothing=0.9)
+    # BCE(0.9, 30) = 0.1 * 30 + log(1 + e^-30); the fakes are at target 0: no penalty
+    assert float(losses["disc/real"]) == pytest.approx(3.0, rel=1e-4)
+    assert float(losses["disc/fake"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_learning_rate_schedules():
+    step, scale = tf.Variable(0, dtype=tf.int64), tf.Variable(1.0)
+    linear = loop.LearningRate(1.0, TrainConfig(lr_schedule="linear", decay_start=0.5), 100, step, scale)
+    constant = loop.LearningRate(1.0, TrainConfig(), 100, step, scale)
+    rates = []
+    for value in (0, 50, 75, 100):
+        step.assign(value)
+        rates.append((float(linear(None)), float(constant(None))))
+    assert rates == [(1.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.0, 1.0)]
+
+    state = {"lr_scale": scale, "plateau_best": tf.Variable(math.inf), "plateau_wait": tf.Variable(0, dtype=tf.int64)}
+    plateau = TrainConfig(lr_schedule="plateau", plateau_patience=2, plateau_factor=0.5, min_learning_rate=5e-5)
+    scales = []
+    for val_l1 in (0.3, 0.2, 0.25, 0.21, 0.22, 0.23, 0.24, 0.25, 0.26, 0.27):
+        loop.update_plateau(state, plateau, val_l1)
+        scales.append(float(state["lr_scale"]))
+    # worse twice -> halve; the floor is min_learning_rate / learning_rate = 0.25
+    assert scales == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25]
+
+
+# ---------------------------------------------------------------------------------------
+# the command line
+
+
+def _args(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["--model=cgan", f"--data={data}", f"--run={run}", "--batch_size=4", *TINY_ARGS,
+            "--disc_layers=2", "--disc_base_width=4", *extra]  # fmt: skip
+
+
+def test_cli_types_and_presets(tiny_shards, tmp_path):
+    settings = resolve(
+        ["--model=cgan", f"--data={tiny_shards}", f"--run={tmp_path}", "--steps=7", "--lambda_l1=50",
+         "--deterministic", "--lr_schedule=linear"]  # fmt: skip
+    )
+    assert settings.train.steps == 7 and settings.train.deterministic is True
+    assert settings.model_config.lambda_l1 == 50.0
+    # --preset=auto picks the 32 px preset for 32 px tiles; explicit keys win over the preset
+    assert settings.preset == 32 and settings.model_config.depth == 5 and settings.model_config.disc_layers == 2
+    assert resolve(_args(tiny_shards, tmp_path, "--preset=32", "--depth=4")).model_config.depth == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model=zebra"], "unknown model 'zebra'; valid: cgan, regression"),
+        (["--model=cgan", "--lamda_l1=1"], "unknown setting --lamda_l1 for --model=cgan; valid: --model, --preset, --data"),
+        (["--model=regression", "--label_smoothing=0.9"], "unknown setting --label_smoothing for --model=regression"),
+        (["--model=cgan", "--steps=many"], "--steps='many': expected an integer"),
+        (["--model=cgan", "--steps"], "--steps needs a value"),
+        (["--model=cgan", "--precision=fp8"], "expected one of float32, mixed_bfloat16, mixed_float16"),
+        (["--model=cgan", "--data=/nowhere"], "--data=/nowhere: /nowhere/manifest.json: no manifest"),
+        (["--model=cgan", "steps=3"], "unexpected argument 'steps=3'"),
+        (["--model=cgan", "--crop_size=20"], "needs image sides divisible by 32; the training images are 20 px"),
+        (["--model=cgan", "--crop_size=64"], "--crop_size=64 is larger than the 32 px tiles of"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(argv, message, tiny_shards, tmp_path, capsys):
+    argv = [f"--data={tiny_shards}", f"--run={tmp_path / 'run'}", *argv]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("make train: ") and error.count("\n") == 1
+    assert message in error
+
+
+def test_cli_without_run_or_model(capsys):
+    assert main(["--model=cgan"]) == 2
+    assert "--run is required" in capsys.readouterr().err
+    assert main(["--run=/tmp/nowhere-run"]) == 2
+    assert "--model is required; valid: cgan, regression" in capsys.readouterr().err
+
+
+def test_python_m_train_exits_2_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--model=cgan", f"--run={tmp_path}", "--data=/nowhere", "--lambda=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("make train: unknown setting --lambda")
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+
+
+def _checkpoint_values(path: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter")}  # fmt: skip
+
+
+def test_a_resumed_run_equals_one_that_never_stopped(tiny_shards, tmp_path):
+    # 40 train tiles / batch 4 = 10 steps per epoch: the resume at step 6 is mid-epoch and
+    # the run crosses an epoch; the plateau schedule with patience 1 changes state on the way.
+    common = ["--steps=12", "--deterministic", "--lr_schedule=plateau", "--plateau_patience=1", "--eval_every=2",
+              "--log_every=2", "--sample_every=5", "--checkpoint_every=4", "--val_batches=2"]  # fmt: skip
+    stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
+    assert main(_args(tiny_shards, stopped, *common, "--steps=6")) == 0
+    assert sorted(p.name for p in (stopped / "ckpt").glob("*.index")) == ["ckpt-4.index", "ckpt-6.index"]
+    assert main(["--model=cgan", f"--run={stopped}", "--steps=12"]) == 0  # the rest comes from config.json
+    assert main(_args(tiny_shards, unbroken, *common)) == 0
+
+    resumed = _checkpoint_values(str(stopped / "ckpt" / "ckpt-12"))
+    reference = _checkpoint_values(str(unbroken / "ckpt" / "ckpt-12"))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    # what was compared: weights and Adam moments (stored under the optimizers), iterations,
+    # dropout RNG states (only reachable through the explicit variable lists), loop state
+    assert any(key.startswith("discriminator_optimizer/_variables/") for key in reference)
+    assert any(key.startswith("generator_variables/") for key in reference)
+    assert int(reference["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 12
+    assert int(reference["generator_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 12
+    assert float(reference["lr_scale/.ATTRIBUTES/VARIABLE_VALUE"]) <= 1.0
+
+    # the run folder: one metrics line per step logged, even across the resume
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    loss_steps = [record["step"] for record in records if "gen/total" in record]
+    assert loss_steps == [2, 4, 6, 8, 10, 12]
+    for name in ["config.json", "loss_curves.png", "best/best.json", "samples/step-00000005.png",
+                 "samples/step-00000012.png"]:  # fmt: skip
+        assert (stopped / name).exists(), name
+    # TensorBoard files as TensorBoard's own summary ops write them (it is not installed here)
+    plugins = {value.tag: value.metadata.plugin_data.plugin_name for path in (stopped / "logs").glob("events.*")
+               for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}  # fmt: skip
+    assert plugins["gen/total"] == plugins["val/psnr"] == plugins["lr/discriminator"] == "scalars"
+    assert plugins["samples/gray_generated_real"] == "images"
+    best = json.loads((stopped / "best" / "best.json").read_text())
+    assert best["val/l1"] == min(record["val/l1"] for record in records if "val/l1" in record)
+
+
+def test_resume_keeps_the_model_and_allows_new_training_settings(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    assert main(_args(tiny_shards, run, "--steps=2", "--val_batches=1")) == 0
+    settings = resolve([f"--run={run}", "--steps=4", "--log_every=1"])
+    assert settings.resumed and settings.model == "cgan" and settings.train.data == str(tiny_shards)
+    assert settings.model_config == models.read_run_config(run).model_config
+    with pytest.raises(models.ConfigError, match=r"other model settings \(depth 5 -> 4"):
+        resolve([f"--run={run}", "--depth=4"])
+    with pytest.raises(models.ConfigError, match="is a cgan run; --model=regression needs a new --run"):
+        resolve([f"--run={run}", "--model=regression"])
+
+
+def _nan_after(limit: int, *, weights: bool = False):
+    """A regression step factory that breaks after `limit` updates: NaN losses, or NaN weights with finite losses."""
+
+    def factory(config):
+        real_step = steps.regression_step(config)
+
+        def step(networks, optimizers, batch):
+            losses = real_step(networks, optimizers, batch)
+            broken = optimizers["generator"].iterations > limit
+            if weights:
+                kernel = networks["generator"].trainable_variables[0]
+                kernel.assign(tf.where(broken, math.nan, kernel))
+                return losses
+            return {name: tf.where(broken, math.nan, value) for name, value in losses.items()}
+
+        return step
+
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("limit", "weights", "message"),
+    [
+        (4, False, "loss became NaN/Inf at step 5 (gen/l1=nan); the last good checkpoint is step 4 in "),
+        # step 6 breaks the weights but reports the finite losses computed before; its save catches it
+        (5, True, "a weight became NaN/Inf by step 6; the last good checkpoint is step 3 in "),
+    ],
+    ids=["loss", "weights"],
+)
+def test_nan_guard_stops_and_never_saves_nan(limit, weights, message, tiny_shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(steps.STEPS, "regression", _nan_after(limit, weights=weights))
+    run = tmp_path / "run"
+    every = "--checkpoint_every=3" if weights else "--checkpoint_every=2"
+    argv = ["--model=regression", f"--data={tiny_shards}", f"--run={run}", "--batch_size=4", "--steps=9",
+            "--eval_every=100", "--val_batches=1", every, *TINY_ARGS]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert message + str(run / "ckpt") in error
+    for index in (run / "ckpt").glob("*.index"):
+        values = _checkpoint_values(str(index.with_suffix("")))
+        # (not isfinite: the best validation L1 starts at +inf)
+        assert not any(np.isnan(value).any() for value in values.values() if value.dtype.kind == "f"), index
+
+
+def _train_two_steps(train: TrainConfig, model: str = "cgan", strategy=None) -> loop.Training:
+    with loop.runtime(train):
+        training = loop.build(model, TINY_MODELS[model], train, total_steps=10, strategy=strategy)
+        before = _weights(training.networks)
+        batches = tf.data.Dataset.from_tensors(_batch(8)).repeat(2)
+        for batch in training.strategy.experimental_distribute_dataset(batches):
+            losses, finite = training.train_step(batch)
+            assert bool(finite), losses
+    assert not np.array_equal(before["generator"][0], _weights(training.networks)["generator"][0])
+    assert int(training.state["step"].numpy()) == 2
+    return training
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_steps_are_finite(precision):
+    training = _train_two_steps(TrainConfig(precision=precision))
+    layer = training.networks["generator"].get_layer("down2_conv")
+    assert layer.compute_dtype == precision.removeprefix("mixed_")
+    if precision == "mixed_float16":
+        assert isinstance(training.optimizers["generator"], keras.optimizers.LossScaleOptimizer)
+
+
+def test_jit_compiled_step():
+    _train_two_steps(TrainConfig(jit_compile=True), model="regression")
+
+
+def test_mirrored_strategy_on_two_replicas(tiny_shards, tmp_path):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    training = _train_two_steps(TrainConfig(), strategy=strategy)
+    kernel = training.networks["generator"].trainable_variables[0].value
+    replicas = strategy.experimental_local_results(kernel)
+    assert len(replicas) == 2
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+
+    # and the whole loop (validation, samples, checkpoints) under it
+    settings = resolve(_args(tiny_shards, tmp_path / "run", "--steps=3", "--val_batches=1"))
+    metrics = loop.run(settings, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    assert math.isfinite(metrics["val/l1"]) and math.isfinite(metrics["gen/total"])
+    assert (tmp_path / "run" / "ckpt" / "ckpt-3.index").exists()

@@ -1,0 +1,196 @@
+"""The training config and the command line: `--key=value` for every field, checked.
+
+    python -m train --model=cgan --data=DATA --run=RUN --steps=N [--epochs=N] [--key=value ...]
+
+Keys are `--model`, `--preset` and the fields of TrainConfig and of the model's config
+dataclass (see models/). A bool field also takes the bare `--flag` for true. A run folder
+that already has a config.json is resumed: its saved settings are the base, training
+settings may change (more steps, other intervals), model settings may not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import models
+from models.config import ConfigError, check, field_types, from_dict, override
+from preprocess import dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, intervals and paths; the defaults are pix2pix's (Adam 2e-4, beta_1 0.5)."""
+
+    data: str = ""  # shard folder from `make data`
+    run: str = ""  # run folder: config.json, checkpoints, logs, samples
+    steps: int = 0  # total steps of the run; 0: epochs * steps per epoch
+    epochs: int = 20  # used when steps is 0
+    batch_size: int = 16  # global: split across replicas
+    crop_size: int = 0  # random crops of this side (centre crops for validation); 0: whole tiles
+    learning_rate: float = 2e-4  # generator (every network but the discriminators)
+    disc_learning_rate: float = 2e-4  # seed 003 gives D its own rate
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    lr_schedule: Literal["constant", "linear", "plateau"] = "constant"
+    decay_start: float = 0.5  # linear: constant until this fraction of the steps, then down to 0
+    plateau_factor: float = 0.5  # plateau: multiply both rates by this ...
+    plateau_patience: int = 3  # ... after this many evaluations without a better validation L1 ...
+    min_learning_rate: float = 1e-6  # ... but never take the generator's rate below this
+    log_every: int = 100  # steps between scalars in TensorBoard, metrics.jsonl and loss_curves.png
+    eval_every: int = 1000  # steps between validations (also at every epoch end and the last step)
+    sample_every: int = 1000  # steps between sample grids of the fixed validation batch
+    checkpoint_every: int = 1000  # steps between checkpoints (also at every epoch end and the last step)
+    keep_checkpoints: int = 3
+    val_batches: int = 20  # validation looks at most at this many batches of the val split
+    sample_images: int = 8  # rows of the sample grid
+    seed: int = 0
+    deterministic: bool = False  # op determinism: bit-exact reruns and resumes, slower input pipeline
+    eager: bool = False  # run the step eagerly, for debugging
+    jit_compile: bool = False  # XLA-compile the step (default strategy only)
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"  # bf16: CPUs with AMX
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # multi_worker reads TF_CONFIG
+
+    def __post_init__(self) -> None:
+        positive = ["epochs", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every",
+                    "keep_checkpoints", "val_batches", "sample_images", "plateau_patience"]  # fmt: skip
+        for key in positive:
+            check(getattr(self, key) >= 1, f"--{key}={getattr(self, key)}: must be at least 1")
+        check(self.steps >= 0 and self.crop_size >= 0, "--steps and --crop_size must be >= 0")
+        for key in ["learning_rate", "disc_learning_rate", "min_learning_rate"]:
+            check(getattr(self, key) > 0.0, f"--{key}={getattr(self, key)}: must be > 0")
+        check(0.0 <= self.beta_1 < 1.0 and 0.0 <= self.beta_2 < 1.0, "--beta_1 and --beta_2 must be in [0, 1)")
+        check(0.0 <= self.decay_start < 1.0, f"--decay_start={self.decay_start}: must be in [0, 1)")
+        check(0.0 < self.plateau_factor < 1.0, f"--plateau_factor={self.plateau_factor}: must be in (0, 1)")
+        check(not (self.jit_compile and self.strategy != "default"),
+              "--jit_compile works with --strategy=default only")  # fmt: skip
+
+
+class Settings(NamedTuple):
+    """Everything a run needs, resolved and checked."""
+
+    model: str
+    model_config: Any  # the model's config dataclass
+    train: TrainConfig
+    preset: int | None  # the preset applied to a new run; None when resuming or unchanged
+    resumed: bool  # RUN already had a config.json
+
+
+SPECIAL_KEYS = ("model", "preset")
+
+
+def split_args(argv: list[str]) -> dict[str, str | bool]:
+    """["--key=value", "--flag", ...] -> {"key": "value", "flag": True}; later keys win."""
+    values: dict[str, str | bool] = {}
+    for arg in argv:
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; settings are written --key=value")
+        key, has_value, value = arg[2:].partition("=")
+        values[key.replace("-", "_")] = value if has_value else True
+    return values
+
+
+def _image_size(train: TrainConfig) -> int:
+    """Side of the training images (the crop, else the tiles), after checking the shard folder."""
+    if not train.data:
+        raise ConfigError("--data is required: the shard folder written by `make data`")
+    try:
+        manifest = dataset.read_manifest(train.data)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"--data={train.data}: {error}") from None
+    for split in ("train", "val"):
+        if not manifest["splits"].get(split, {}).get("shards"):
+            raise ConfigError(f"--data={train.data}: no {split} split; training needs train and val shards")
+    tile_size = int(manifest["options"]["size"])
+    if train.crop_size > tile_size:
+        raise ConfigError(f"--crop_size={train.crop_size} is larger than the {tile_size} px tiles of {train.data}")
+    return train.crop_size or tile_size
+
+
+def _check_bare_flags(values: dict[str, str | bool], types: dict[str, Any]) -> None:
+    """A bare `--flag` means true, for bool fields only."""
+    for key, value in values.items():
+        if value is True and types[key] is not bool:
+            raise ConfigError(f"--{key} needs a value: --{key}=...")
+
+
+def resolve(argv: list[str]) -> Settings:
+    """The settings of `python -m train ARGV`: new run or resume, checked; ConfigError otherwise."""
+    values = split_args(argv)
+    run = values.get("run")
+    if not isinstance(run, str) or not run:
+        raise ConfigError("--run is required: the run folder, e.g. --run=runs/cgan-cifar")
+    resumed = (Path(run) / models.CONFIG_FILE).exists()
+    saved = models.read_run_config(run) if resumed else None
+
+    name = values.pop("model", saved.model if saved else None)
+    if not isinstance(name, str):
+        raise ConfigError(f"--model is required; valid: {', '.join(models.MODELS)}")
+    entry = models.get(name)
+    if saved and name != saved.model:
+        raise ConfigError(f"{run} is a {saved.model} run; --model={name} needs a new --run")
+
+    model_types = field_types(entry.config)
+    train_types = field_types(TrainConfig)
+    preset = values.pop("preset", None)
+    unknown = sorted(set(values) - set(model_types) - set(train_types))
+    if unknown:
+        valid = [*SPECIAL_KEYS, *train_types, *model_types]
+        raise ConfigError(
+            f"unknown setting {', '.join('--' + key for key in unknown)} for --model={name}; "
+            f"valid: {', '.join('--' + key for key in valid)}"
+        )
+    _check_bare_flags(values, {**model_types, **train_types})
+    train_values = {key: value for key, value in values.items() if key in train_types}
+    model_values = {key: value for key, value in values.items() if key in model_types}
+
+    base_train = from_dict(TrainConfig, saved.train_config) if saved else TrainConfig()
+    train = override(base_train, {"run": run, **train_values})
+    if saved and (base_train.precision == "mixed_float16") != (train.precision == "mixed_float16"):
+        raise ConfigError(f"{run} was trained with --precision={base_train.precision}; mixed_float16 adds loss-scale "
+                          f"state to the optimizers, so it cannot be switched on or off in a resumed run")  # fmt: skip
+    image_size = _image_size(train)
+
+    preset_size = _preset_size(preset, entry, image_size, resumed)
+    base_model = saved.model_config if saved else entry.config()
+    preset_values = dict(entry.presets[preset_size]) if preset_size is not None else {}
+    model_config = override(base_model, {**preset_values, **model_values})
+
+    if saved and model_config != saved.model_config:
+        changed = [
+            f"{field.name} {getattr(saved.model_config, field.name)!r} -> {getattr(model_config, field.name)!r}"
+            for field in dataclasses.fields(model_config)
+            if getattr(model_config, field.name) != getattr(saved.model_config, field.name)
+        ]
+        raise ConfigError(f"{run} was trained with other model settings ({'; '.join(changed)}); "
+                          f"resume without them or start a new --run")  # fmt: skip
+    if image_size % model_config.stride:
+        raise ConfigError(
+            f"--model={name} needs image sides divisible by {model_config.stride}; the training images are "
+            f"{image_size} px: pick another --preset, --depth or --crop_size"
+        )
+    return Settings(name, model_config, train, preset_size, resumed)
+
+
+def _preset_size(preset: object, entry: models.Model, image_size: int, resumed: bool) -> int | None:
+    """The preset to apply: the one given, else for a new run (`auto`) the largest not above the image size."""
+    if preset is None and resumed:
+        return None  # a resumed run keeps its saved model config
+    sizes = sorted(entry.presets)
+    if preset in (None, "auto"):
+        fitting = [size for size in sizes if size <= image_size]
+        return fitting[-1] if fitting else sizes[0]
+    if isinstance(preset, str) and preset.isdigit() and int(preset) in entry.presets:
+        return int(preset)
+    raise ConfigError(f"--preset={preset}: valid: auto, {', '.join(map(str, sizes))}")
+
+
+def usage() -> str:
+    """The `--help` text: every key with its default, per model."""
+    lines = [__doc__.strip(), "", "training settings (defaults):"]
+    lines += [f"  --{field.name}={field.default}" for field in dataclasses.fields(TrainConfig)]
+    for name, entry in models.MODELS.items():
+        lines += ["", f"--model={name} (defaults; --preset=auto|{'|'.join(map(str, entry.presets))}):"]
+        lines += [f"  --{field.name}={field.default}" for field in dataclasses.fields(entry.config)]
+    return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""The training loop: models and optimizers under a tf.distribute strategy, the compiled
+step, and the run folder (config, checkpoints, resume, logs, samples, NaN guard).
+
+    RUN/config.json      model name, model config, training config (models.write_run_config)
+    RUN/ckpt/            the last `keep_checkpoints` checkpoints, named by step
+    RUN/best/            the checkpoint with the lowest validation L1, and best.json
+    RUN/logs/, RUN/metrics.jsonl, RUN/loss_curves.png, RUN/samples/   (train/summaries.py)
+
+Resume is exact: a checkpoint holds the step, weights, optimizer slots, dropout RNG state
+and learning-rate state, and the batches of step s depend on s alone (epoch s //
+steps_per_epoch is read with seed + epoch, and the batches already used are skipped).
+With --deterministic a resumed run is bit-identical to one that never stopped.
+
+Validation metrics: `val/l1` is the mean |fake_color - real_color| in model scaling (as
+the generator's L1 loss; times 110 for Lab units), `val/psnr` the mean per-image PSNR in
+dB of the RGB images (the real one rebuilt from its L and ab, so only colour counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+import models
+from models.config import ConfigError
+from preprocess import color, dataset
+from train import steps as steps_lib
+from train.config import Settings, TrainConfig
+from train.summaries import RunLog
+
+BEST_FILE = "best.json"
+
+
+class Diverged(RuntimeError):
+    """A loss or weight became NaN/Inf; nothing of that step was saved."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """default: one device; mirrored: every local GPU (else the CPU); multi_worker: TF_CONFIG's cluster."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder (the only process, or worker 0 / the chief)."""
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec().as_dict() if resolver else {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """base * decay(step) * scale, from the loop's step counter and plateau scale.
+
+    Not the optimizer's iteration count: G may update several times per step, and a run
+    resumed (even with more steps) must continue the same curve.
+    """
+
+    def __init__(self, base: float, train: TrainConfig, total_steps: int, step: tf.Variable, scale: tf.Variable):
+        self.base = base
+        self.linear = train.lr_schedule == "linear"
+        self.total_steps = float(total_steps)
+        self.decay_steps = max(1.0, (1.0 - train.decay_start) * total_steps)
+        self.step = step
+        self.scale = scale
+
+    def __call__(self, _iterations: tf.Tensor) -> tf.Tensor:
+        rate = self.base * self.scale
+        if self.linear:
+            remaining = self.total_steps - tf.cast(self.step, tf.float32)
+            rate *= tf.clip_by_value(remaining / self.decay_steps, 0.0, 1.0)
+        return rate
+
+
+@contextlib.contextmanager
+def runtime(train: TrainConfig) -> Iterator[None]:
+    """Seeds, op determinism and the dtype policy of a run; the previous policy comes back after."""
+    keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        # Stays on for the rest of the process: TensorFlow has no public switch back.
+        tf.config.experimental.enable_op_determinism()
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(train.precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@dataclasses.dataclass
+class Training:
+    """The networks, optimizers and loop state of a run, built under `strategy`, and its step.
+
+    `train_step(batch)` takes a batch from `strategy.experimental_distribute_dataset` (or
+    a plain batch dict under the default strategy), advances `state["step"]` and returns
+    (losses averaged over replicas, whether all are finite). It is what a benchmark
+    times: see `build`.
+    """
+
+    strategy: tf.distribute.Strategy
+    networks: dict[str, keras.Model]
+    optimizers: dict[str, keras.optimizers.Optimizer]
+    state: dict[str, tf.Variable]
+    checkpoint: tf.train.Checkpoint
+    train_step: Callable[[dict], tuple[dict[str, tf.Tensor], tf.Tensor]]
+
+
+def build(model: str, model_config, train: TrainConfig, total_steps: int | None = None,
+          strategy: tf.distribute.Strategy | None = None) -> Training:  # fmt: skip
+    """Networks, optimizers (variables created, ready to restore), state and compiled step.
+
+    Call inside `runtime(train)`. For a benchmark:
+        with runtime(train): training = build("cgan", config, train)
+        batch = {"gray": ..., "color": ...}; training.train_step(batch)  # first call traces
+    """
+    strategy = strategy or make_strategy(train.strategy)
+    total_steps = total_steps or train.steps or 1
+    with strategy.scope():
+        networks = models.build(model, model_config)
+        state = {
+            "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
+            # reduce-on-plateau: multiplier of every learning rate, best val L1 so far, evaluations since
+            "lr_scale": tf.Variable(1.0, trainable=False, name="lr_scale"),
+            "plateau_best": tf.Variable(math.inf, trainable=False, name="plateau_best"),
+            "plateau_wait": tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_wait"),
+            # the value behind RUN/best, kept apart so that unscheduled validations (the last step
+            # of a run) cannot change the plateau state, and a resumed run trains as an unbroken one
+            "best_val_l1": tf.Variable(math.inf, trainable=False, name="best_val_l1"),
+        }
+        optimizers = {}
+        for name, network in networks.items():
+            base = train.disc_learning_rate if name.startswith("discriminator") else train.learning_rate
+            schedule = LearningRate(base, train, total_steps, state["step"], state["lr_scale"])
+            optimizer = keras.optimizers.Adam(schedule, beta_1=train.beta_1, beta_2=train.beta_2)
+            if train.precision == "mixed_float16":
+                # float16 gradients underflow without a loss scale; it adapts, and skips steps with Inf gradients.
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            # Slots must exist before a restore, or their saved values would be dropped silently.
+            optimizer.build(network.trainable_variables)
+            optimizers[name] = optimizer
+
+    checkpoint = tf.train.Checkpoint(
+        **state,
+        **networks,
+        **{f"{name}_optimizer": optimizer for name, optimizer in optimizers.items()},
+        # Keras 3 does not expose a layer's SeedGenerator (dropout's RNG state) to
+        # tf.train.Checkpoint; listing every variable saves it (the others are stored once).
+        **{f"{name}_variables": list(network.variables) for name, network in networks.items()},
+    )
+
+    step = steps_lib.get(model)(model_config)
+
+    def train_step(batch):
+        losses = strategy.run(step, args=(networks, optimizers, batch))
+        losses = {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                  for name, value in losses.items()}  # fmt: skip
+        state["step"].assign_add(1)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in losses.values()])
+        return losses, finite
+
+    if not train.eager:
+        train_step = tf.function(train_step, jit_compile=train.jit_compile)
+    return Training(strategy, networks, optimizers, state, checkpoint, train_step)
+
+
+def steps_per_epoch(train: TrainConfig) -> int:
+    tiles = dataset.read_manifest(train.data)["splits"]["train"]["tiles"]
+    if tiles < train.batch_size:
+        raise ConfigError(f"--batch_size={train.batch_size} is more than the {tiles} training tiles")
+    return tiles // train.batch_size
+
+
+def train_batches(train: TrainConfig, strategy: tf.distribute.Strategy, start: int, per_epoch: int) -> Iterator:
+    """The batches of steps start, start+1, ...: each a function of its step number alone."""
+    step = start
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        batches = dataset.load(train.data, "train", train.batch_size, training=True,
+                               crop_size=train.crop_size or None, seed=train.seed + epoch)  # fmt: skip
+        batches = batches.take(per_epoch).skip(offset)
+        for batch in strategy.experimental_distribute_dataset(batches):
+            yield batch
+            step += 1
+
+
+def make_evaluate(generator: keras.Model, train: TrainConfig) -> Callable[[tf.data.Dataset], dict[str, float]]:
+    """A function val batches -> {"val/l1", "val/psnr"} (see the module docstring for units)."""
+
+    def errors(gray, real_color):
+        fake_color = generator(gray, training=False)
+        l1 = tf.reduce_mean(tf.abs(fake_color - real_color), axis=[1, 2, 3])  # [B]
+        fake_rgb = tf.cast(color.model_to_rgb(gray, fake_color), tf.float32)
+        real_rgb = tf.cast(color.model_to_rgb(gray, real_color), tf.float32)
+        mse = tf.reduce_mean(tf.square(fake_rgb - real_rgb), axis=[1, 2, 3])  # [B]
+        # identical images would give +inf; 1e-10 caps them at 148 dB
+        psnr = 10.0 * tf.math.log(255.0**2 / tf.maximum(mse, 1e-10)) / tf.math.log(10.0)
+        return l1, psnr
+
+    if not train.eager:
+        errors = tf.function(errors)
+
+    def evaluate(batches: tf.data.Dataset) -> dict[str, float]:
+        l1, psnr = zip(*(errors(batch["gray"], batch["color"]) for batch in batches))
+        return {"val/l1": float(tf.reduce_mean(tf.concat(l1, 0))),
+                "val/psnr": float(tf.reduce_mean(tf.concat(psnr, 0)))}  # fmt: skip
+
+    return evaluate
+
+
+def sample_rows(generator: keras.Model, gray: tf.Tensor, real_color: tf.Tensor) -> np.ndarray:
+    """uint8 [N, H, 3W, 3]: per example, gray | generated | real."""
+    fake_color = generator(gray, training=False)
+    images = [color.model_to_rgb(gray, tf.zeros_like(real_color)), color.model_to_rgb(gray, fake_color),
+              color.model_to_rgb(gray, real_color)]  # fmt: skip
+    return tf.concat(images, axis=2).numpy()
+
+
+def update_plateau(state: dict[str, tf.Variable], train: TrainConfig, val_l1: float) -> None:
+    """Reduce-on-plateau of the validation L1 (seed 001): lower both rates when it stops improving."""
+    if val_l1 < float(state["plateau_best"].numpy()):
+        state["plateau_best"].assign(val_l1)
+        state["plateau_wait"].assign(0)
+        return
+    state["plateau_wait"].assign_add(1)
+    if int(state["plateau_wait"].numpy()) >= train.plateau_patience:
+        floor = train.min_learning_rate / train.learning_rate
+        state["lr_scale"].assign(max(float(state["lr_scale"].numpy()) * train.plateau_factor, floor))
+        state["plateau_wait"].assign(0)
+
+
+def _all_finite(networks: dict[str, keras.Model]) -> bool:
+    return all(bool(tf.reduce_all(tf.math.is_finite(variable))) for network in networks.values()
+               for variable in network.variables if keras.backend.is_float_dtype(variable.dtype))  # fmt: skip
+
+
+def _format(values: dict[str, float]) -> str:
+    return "  ".join(f"{name} {value:.4g}" for name, value in values.items())
+
+
+class _Means:
+    """Running means of the step's loss tensors; they become floats only when read."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, tf.Tensor] = {}
+        self.count = 0
+
+    def add(self, losses: dict[str, tf.Tensor]) -> None:
+        self.sums = {name: self.sums.get(name, 0.0) + value for name, value in losses.items()}
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {name: float(value) / self.count for name, value in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def run(settings: Settings, strategy: tf.distribute.Strategy | None = None) -> dict[str, float]:
+    """Train (or resume) the run described by `settings`; returns the last metrics logged.
+
+    `strategy` replaces the one --strategy names (tests, notebooks). Raises Diverged when
+    a loss or weight becomes NaN/Inf (the checkpoints on disk are all from before), and
+    ConfigError when the run folder's checkpoint does not fit.
+    """
+    with runtime(settings.train):
+        return _run(settings, strategy or make_strategy(settings.train.strategy))
+
+
+def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, float]:
+    train = settings.train
+    run_dir = Path(train.run)
+    chief = is_chief(strategy)
+    per_epoch = steps_per_epoch(train)
+    total = train.steps or train.epochs * per_epoch
+    training = build(settings.model, settings.model_config, train, total, strategy)
+    # Every worker takes part in a save; only the chief's lands in the run folder.
+    checkpoint_dir = run_dir / models.CHECKPOINT_DIR if chief else Path(tempfile.mkdtemp())
+    best_dir = run_dir / models.BEST_DIR if chief else Path(tempfile.mkdtemp())
+    manager = tf.train.CheckpointManager(training.checkpoint, checkpoint_dir, max_to_keep=train.keep_checkpoints)
+    best_manager = tf.train.CheckpointManager(training.checkpoint, best_dir, max_to_keep=1)
+    if manager.latest_checkpoint:
+        try:
+            training.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, tf.errors.OpError) as error:
+            message = str(error).strip().splitlines()[0]
+            raise ConfigError(f"{manager.latest_checkpoint} does not fit this model: {message}") from None
+    if chief:  # only now: a resume refused above must leave the run's settings as they were
+        models.write_run_config(run_dir, settings.model, settings.model_config, train)
+    start = int(training.state["step"].numpy())
+    if start >= total:
+        print(f"{run_dir}: already at step {start} of {total}; nothing to train")
+        return {}
+
+    def save(target: tf.train.CheckpointManager, step: int) -> None:
+        # The step that breaks the weights still reports the finite losses computed before its update.
+        if not _all_finite(training.networks):
+            raise Diverged(f"a weight became NaN/Inf by step {step}; {_last_good(manager, run_dir)}")
+        target.save(checkpoint_number=step)
+
+    generator = training.networks["generator"]
+    evaluate = make_evaluate(generator, train)
+    crop = train.crop_size or None
+    val_batches = dataset.load(train.data, "val", train.batch_size, training=False, crop_size=crop)
+    val_batches = val_batches.take(train.val_batches)
+    fixed = next(iter(dataset.load(train.data, "val", train.sample_images, training=False, crop_size=crop)))
+
+    log = RunLog(run_dir, start, enabled=chief)
+    interval, epoch = _Means(), _Means()
+    metrics: dict[str, float] = {}
+    interval_start, started = time.perf_counter(), time.perf_counter()
+    progress = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not chief,
+                    desc=f"{settings.model} {run_dir.name}")  # fmt: skip
+    if start:
+        progress.write(f"resuming {run_dir} at step {start} of {total}")
+    batches = islice(train_batches(train, strategy, start, per_epoch), total - start)
+    try:
+        for step, batch in enumerate(batches, start + 1):
+            losses, finite = training.train_step(batch)
+            if not bool(finite):
+                values = ", ".join(f"{name}={float(value):.4g}" for name, value in losses.items())
+                raise Diverged(f"loss became NaN/Inf at step {step} ({values}); {_last_good(manager, run_dir)}")
+            interval.add(losses)
+            epoch.add(losses)
+            progress.update(1)
+            epoch_end, final = step % per_epoch == 0, step == total
+
+            if step % train.log_every == 0 or final:
+                now = time.perf_counter()
+                images = interval.count * train.batch_size
+                metrics = interval.pop()
+                metrics.update({f"lr/{name}": float(opt.learning_rate) for name, opt in training.optimizers.items()})
+                metrics["perf/images_per_second"] = images / (now - interval_start)
+                log.scalars(step, metrics)
+                shown = [name for name in losses if name.endswith("total")] or list(losses)
+                progress.set_postfix({name: f"{metrics[name]:.3g}" for name in shown})
+                interval_start = now
+
+            scheduled_eval = step % train.eval_every == 0 or epoch_end
+            if scheduled_eval or final:
+                val = evaluate(val_batches)
+                log.scalars(step, val)
+                metrics.update(val)
+                # Only scheduled validations move the plateau, so that the training of a run does not
+                # depend on where an earlier invocation of it stopped.
+                if scheduled_eval and train.lr_schedule == "plateau":
+                    update_plateau(training.state, train, val["val/l1"])
+                if val["val/l1"] < float(training.state["best_val_l1"].numpy()):
+                    training.state["best_val_l1"].assign(val["val/l1"])
+                    save(best_manager, step)
+                    if chief:
+                        (best_dir / BEST_FILE).write_text(json.dumps({"step": step, **val}) + "\n")
+
+            if step % train.log_every == 0 or scheduled_eval or final:
+                log.loss_curves()
+
+            if step % train.sample_every == 0 or final:
+                log.samples(step, sample_rows(generator, fixed["gray"], fixed["color"]))
+
+            if step % train.checkpoint_every == 0 or epoch_end or final:
+                save(manager, step)
+
+            if epoch_end:
+                minutes = (time.perf_counter() - started) / 60
+                rates = {f"lr/{name}": float(opt.learning_rate) for name, opt in training.optimizers.items()}
+                progress.write(f"epoch {step // per_epoch}/{math.ceil(total / per_epoch)} (step {step}/{total}, "
+                               f"{minutes:.1f} min): {_format({**epoch.pop(), **val, **rates})}")  # fmt: skip
+    finally:
+        progress.close()
+        log.close()
+    print(f"done: step {total}; {_format(metrics)}; best val/l1 {float(training.state['best_val_l1'].numpy()):.4g} "
+          f"in {best_dir}")  # fmt: skip
+    return metrics
+
+
+def _last_good(manager: tf.train.CheckpointManager, run_dir: Path) -> str:
+    latest = manager.latest_checkpoint
+    if not latest:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is step {latest.rsplit('-', 1)[-1]} in {run_dir / models.CHECKPOINT_DIR}"
