@@ -1,0 +1,185 @@
+"""The report of `make evaluate`: the grayscale baseline and every model scored on the same photos.
+
+`evaluate` writes into `out_dir` (each file under a temporary name first, then renamed):
+    metrics.json          per model the mean of every metric and the per-image scores
+    metrics.md            a Markdown table: one row per model, the baseline first; units in the header
+    grid.png              gray | each model | truth, for the first `grid_count` photos
+    metrics_by_epoch.png  every metric against the training epoch, when the models are the
+                          checkpoints of one run (seed 003: pick the best epoch by looking)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in tests
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from evaluate import metrics  # noqa: E402
+from evaluate.classifier import semantic_accuracy  # noqa: E402
+from preprocess.preview import pairs_grid, save_png  # noqa: E402
+
+BASELINE = "baseline"  # the input itself: the original L with a = b = 0
+SEMANTIC = "semantic_accuracy"
+LABELS = {**metrics.LABELS, SEMANTIC: "classifier acc."}
+# the same in every row, so it is stated once under the table instead
+TRUTH_ONLY = "colorfulness_truth"
+
+# A model: uint8 RGB photo [H, W, 3] (only its L may be used) -> uint8 RGB colorization [H, W, 3].
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate(
+    models: dict[str, Model],
+    images: Iterable[tuple[str, np.ndarray, int]],
+    out_dir: str | Path,
+    prior: np.ndarray | None = None,
+    classifier: keras.Model | None = None,
+    grid_count: int = 8,
+    epochs: dict[str, float] | None = None,
+) -> dict:
+    """Scores the baseline and `models` on `images` and writes the report; returns metrics.json's content.
+
+    images: (name, uint8 RGB truth [H, W, 3], label or -1) at any sizes; each is read once.
+    prior: ab-bin counts [Q] of the training data (a manifest's "ab_prior" counts), for the
+        rebalanced AuC; without it that column is left out.
+    classifier: adds the semantic-interpretability column, computed on the labelled images of
+        the classifier's input size (the others are skipped for that column only).
+    epochs: the training epoch of each model that is a checkpoint of one run; adds the plot.
+    """
+    if BASELINE in models:
+        raise ValueError(f"{BASELINE!r} is the grayscale baseline's name; give the model another")
+    unknown = set(epochs or ()) - set(models)
+    if unknown:
+        raise ValueError(f"epochs given for models that are not evaluated: {', '.join(sorted(unknown))}")
+    models = {BASELINE: metrics.grayscale, **models}
+    names: list[str] = []
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    grid_rows: list[list[np.ndarray]] = []  # [baseline, *models, truth] per grid photo
+    labelled_rows: list[list[np.ndarray]] = []  # the same per photo the classifier can label
+    labels: list[int] = []
+    for name, truth, label in images:
+        truth = np.asarray(truth)
+        outputs = [np.asarray(model(truth)) for model in models.values()]
+        for model_name, output in zip(models, outputs):
+            try:
+                scores[model_name].append(metrics.score_image(truth, output, prior))
+            except ValueError as error:
+                raise ValueError(f"{model_name} on {name}: {error}") from None
+        if len(names) < grid_count:
+            grid_rows.append([*outputs, truth])
+        if classifier is not None and label >= 0 and truth.shape == tuple(classifier.input_shape[1:]):
+            labelled_rows.append([*outputs, truth])
+            labels.append(label)
+        names.append(name)
+    if not names:
+        raise ValueError("no images to evaluate")
+
+    def semantic(column: int) -> float:
+        return semantic_accuracy(classifier, np.stack([row[column] for row in labelled_rows]), np.array(labels))
+
+    results: dict = {"images": names, "semantic_images": len(labels), "models": {}}
+    for column, name in enumerate(models):
+        mean = metrics.aggregate(scores[name])
+        if labels:
+            mean[SEMANTIC] = semantic(column)
+        # per_image[i] scores images[i]
+        results["models"][name] = {"mean": mean, "per_image": scores[name]}
+    results["truth"] = {"colorfulness": results["models"][BASELINE]["mean"][TRUTH_ONLY]}
+    if labels:
+        results["truth"][SEMANTIC] = semantic(len(models))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(out_dir / "metrics.json", json.dumps(results, indent=1) + "\n")
+    _write_text(out_dir / "metrics.md", markdown(results))
+    if grid_rows:
+        save_png(_grid(grid_rows), out_dir / "grid.png")
+    if epochs:
+        by_epoch = {epochs[name]: results["models"][name]["mean"] for name in epochs}
+        plot_by_epoch(by_epoch, out_dir / "metrics_by_epoch.png", baseline=results["models"][BASELINE]["mean"])
+    return results
+
+
+def markdown(results: dict) -> str:
+    """The table of metrics.md from `evaluate`'s results: rows models, columns metrics with units."""
+    means = {name: model["mean"] for name, model in results["models"].items()}
+    keys = _columns(means[BASELINE])
+    lines = [
+        "# Colorization report",
+        "",
+        f"Means over {len(results['images'])} images. `{BASELINE}` is the grayscale input (a = b = 0). "
+        f"PSNR is capped at {metrics.PSNR_CAP:g} dB (identical images).",
+        "",
+        "| model | " + " | ".join(LABELS[key] for key in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+        *(f"| {name} | " + " | ".join(f"{mean[key]:.4g}" for key in keys) + " |" for name, mean in means.items()),
+        "",
+        f"The truth: colourfulness {results['truth']['colorfulness']:.4g}",
+    ]
+    if SEMANTIC in results["truth"]:
+        lines[-1] += (f", classifier accuracy {results['truth'][SEMANTIC]:.4g} on the "
+                      f"{results['semantic_images']} labelled images the column scores")  # fmt: skip
+    return "\n".join(lines) + ".\n"
+
+
+def plot_by_epoch(
+    results_by_epoch: dict[float, dict[str, float]], path: str | Path, baseline: dict[str, float] | None = None
+) -> None:
+    """PNG with one panel per metric, its mean against the epoch of each checkpoint of a run;
+    the baseline, when given, as a dashed line for scale."""
+    epochs = sorted(results_by_epoch)
+    keys = _columns(results_by_epoch[epochs[0]])
+    columns = min(4, len(keys))
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for axis, key in zip(axes.flat, keys):
+        axis.plot(epochs, [results_by_epoch[epoch][key] for epoch in epochs], marker="o")
+        if baseline is not None and key in baseline:
+            axis.axhline(baseline[key], color="gray", linestyle="--", label=BASELINE)
+        axis.set_title(LABELS[key], fontsize=10)
+        axis.set_xlabel("epoch")
+    for axis in axes.flat[len(keys) :]:
+        axis.set_visible(False)
+    if baseline is not None:
+        axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def _columns(mean: dict[str, float]) -> list[str]:
+    """The metrics of a table row or plot, in LABELS order."""
+    return [key for key in LABELS if key in mean and key != TRUTH_ONLY]
+
+
+def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
+    """uint8 grid of [gray, *models, truth] rows; photos of other sizes are fitted (aspect kept,
+    white bars) into the first photo's size, for the grid only."""
+    height, width = rows[0][0].shape[:2]
+
+    def fit(image: np.ndarray) -> np.ndarray:
+        if image.shape[:2] == (height, width):
+            return image
+        return np.asarray(ImageOps.pad(Image.fromarray(image), (width, height), color=(255, 255, 255)))
+
+    columns = [np.stack([fit(row[column]) for row in rows]) for column in range(len(rows[0]))]
+    # side by side only while a cell is narrow, so the grid stays readable with many models
+    return pairs_grid(columns, per_row=2 if len(columns) <= 4 else 1)
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
