@@ -44,16 +44,26 @@ train: $(READY)
 	$(PY) -m train --model=$(MODEL) --data='$(DATA)' --run='$(RUN)' $(if $(STEPS),--steps=$(STEPS)) \
 		$(if $(EPOCHS),--epochs=$(EPOCHS)) $(ARGS)
 
+# The demo's training budget: a few minutes on two cores; the pictures show a colorizer
+# that has started to learn, not a finished one.
+DEMO_STEPS ?= 400
+
 demo: $(READY)
 	$(PY) -m preprocess --source=samples --size=64 --mode=tile --out=demo/shards \
 		--contact-sheet=demo/contact_sheet.png
-	@echo "demo: shards in demo/shards, tiles (gray | colour) in demo/contact_sheet.png"
+	$(PY) -m train --model=cgan --data=demo/shards --run=demo/run --steps=$(DEMO_STEPS) \
+		--batch_size=16 --sample_every=100 --eval_every=100 --checkpoint_every=100 --log_every=20
+	cp "$$(ls demo/run/samples/*.png | sort | tail -n 1)" demo/before_after.png
+	@echo "demo: tiles (gray | colour) in demo/contact_sheet.png; validation photos after"
+	@echo "      $(DEMO_STEPS) training steps (gray | colorized | real) in demo/before_after.png;"
+	@echo "      loss curves in demo/run/loss_curves.png"
 
 test: $(READY)
 	$(PY) -m pytest -q -n 2 --dist=loadfile
 
 bench: $(READY)
 	$(PY) -m preprocess.bench
+	$(PY) -m train.bench
 
 clean:
 	rm -rf demo .pytest_cache

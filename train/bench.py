@@ -1,0 +1,130 @@
+"""`make bench`, training stage: cgan training images per second at 32 px (batch 64) and
+256 px (batch 1 and 4), float32 and mixed_bfloat16, with each configuration's peak memory;
+and the reader's throughput at the same sizes, which must be at least 10 times what a
+training step consumes. Writes its section of BENCHMARKS.md.
+
+Each configuration runs in a fresh process, so that its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIGS = [(32, 64), (256, 1), (256, 4)]  # (size, batch)
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def time_steps(model: str, size: int, batch: int, precision: str, seconds: float) -> dict:
+    """Builds `model` at its preset for `size` and times train steps for about `seconds`."""
+    import tensorflow as tf
+
+    import models
+    from models.config import from_dict
+    from train import loop
+    from train.config import TrainConfig
+
+    entry = models.get(model)
+    config = from_dict(entry.config, dict(entry.presets[size]))
+    train = TrainConfig(batch_size=batch, precision=precision)
+    with loop.runtime(train):
+        training = loop.build(model, config, train)
+        rng = tf.random.Generator.from_seed(0)
+        batch_data = {
+            "gray": rng.uniform([batch, size, size, 1], -1, 1),
+            "color": rng.uniform([batch, size, size, 2], -0.5, 0.5),
+            "label": tf.zeros([batch], tf.int64),
+        }
+        for _ in range(2):  # trace, compile, warm the allocator
+            float(training.train_step(batch_data)[0]["gen/total"])
+        steps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or steps < 3:
+            losses, _ = training.train_step(batch_data)
+            steps += 1
+        float(losses["gen/total"])  # waits for the last step
+        elapsed = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"images_per_second": steps * batch / elapsed, "peak_mib": peak_kib / 1024}
+
+
+def reader_images_per_second(size: int, batch: int) -> float:
+    """The training reader on synthetic photos of that size, in tiles per second."""
+    from preprocess import shards
+    from preprocess.bench import reader_batches_per_second, synthetic_photos
+
+    with tempfile.TemporaryDirectory() as scratch:
+        photos = synthetic_photos(Path(scratch) / "photos", 400, max(size, 64), max(size, 64))
+        options = shards.Options(source=f"folder:{photos}", size=size, mode="resize", val_fraction=0.0)
+        shards.write(options, Path(scratch) / "shards", workers=1, log=io.StringIO())
+        return batch * reader_batches_per_second(Path(scratch) / "shards", batch, batches=max(20, 2000 // batch))
+
+
+def run_one(args: list[str]) -> dict:
+    command = [sys.executable, "-m", "train.bench", "--one", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="timing per configuration")
+    parser.add_argument("--model", default="cgan")
+    parser.add_argument("--one", nargs=3, metavar=("SIZE", "BATCH", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        size, batch, precision = int(args.one[0]), int(args.one[1]), args.one[2]
+        print(json.dumps(time_steps(args.model, size, batch, precision, args.seconds)))
+        return 0
+
+    from preprocess.bench import machine, write_section
+
+    rows, ratio_rows = [], []
+    for size, batch in CONFIGS:
+        measured = {}
+        for precision in PRECISIONS:
+            measured[precision] = run_one([str(size), str(batch), precision, f"--seconds={args.seconds}",
+                                           f"--model={args.model}"])  # fmt: skip
+            result = measured[precision]
+            rows.append(f"| {size} | {batch} | {precision} | {result['images_per_second']:,.1f} | {result['peak_mib']:,.0f} |")
+            print(rows[-1], file=sys.stderr)
+        reader = reader_images_per_second(size, batch)
+        fastest = max(result["images_per_second"] for result in measured.values())
+        ratio_rows.append(f"| {size} | {batch} | {reader:,.0f} | {fastest:,.1f} | {reader / fastest:,.0f}x |")
+    write_section(
+        "train",
+        f"""## make train ({args.model})
+
+Machine: {machine()}.
+Command: `make bench` (`python -m train.bench --seconds={args.seconds:g}`): the preset for each size,
+synthetic batches, {args.seconds:g} s of steps after two warm-up steps, each configuration in its own
+process (peak resident memory of that process).
+
+| size | batch | precision | training images/s | peak memory MiB |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+The reader (`preprocess.dataset.load`, training pipeline) against the faster training step at
+the same size and batch: it must deliver at least 10 times what a step consumes.
+
+| size | batch | reader tiles/s | training images/s | reader / step |
+|---|---|---|---|---|
+{chr(10).join(ratio_rows)}
+""",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
