@@ -26,7 +26,7 @@ help:
 	@echo "make demo                 the whole pipeline on the sample photos that scikit-image ships"
 	@echo "make test                 the test suite"
 	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... ARGS='--key=value ...'"
-	@echo "make train MODEL=cgan|regression DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
+	@echo "make train MODEL=cgan|regression|zhang|iizuka DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
 
 $(READY): setup.cfg pyproject.toml

@@ -10,10 +10,17 @@ How to add a model `foo`:
      image sides must be multiples of it), `PRESETS` ({tile size: overrides}) and
      `build(config) -> {"generator": ..., ...}` with a shape comment per layer. Networks
      whose name starts with "discriminator" train at `--disc_learning_rate`, the others
-     at `--learning_rate`.
-  2. Add `"foo": Model(foo.FooConfig, foo.build, foo.PRESETS)` to MODELS below.
+     at `--learning_rate`. Every network gets its own optimizer and checkpoint entry, so
+     networks must not share weights: a part the step needs on its own is an attribute
+     (zhang's `generator.network`) or a view built from the same layers (iizuka's
+     `with_global_features`).
+  2. Add `"foo": Model(foo.FooConfig, foo.build, foo.PRESETS)` to MODELS below; settings
+     that depend on the training data go in `from_data` (iizuka's class count).
   3. Add a step factory under the same name to STEPS in train/steps.py; a test checks
-     that both maps have the same keys.
+     that both maps have the same keys. A factory that needs the data's ab prior or class
+     names takes `data=` (train.steps.TrainingData).
+A config field `temperature` means the generator decodes with one: it takes gray or
+[gray, temperature [B]] (zhang; see export/savedmodel.py).
 
 A run folder (written by `python -m train`, read here so that export/ never imports train/):
     RUN/config.json   {"model": name, "model_config": {...}, "train_config": {...}, "versions": {...}}
@@ -31,7 +38,7 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from models import pix2pix, regression
+from models import iizuka, pix2pix, regression, zhang
 from models.config import ConfigError, from_dict
 
 CONFIG_FILE = "config.json"
@@ -44,11 +51,15 @@ class Model:
     config: type  # frozen dataclass; its defaults are the paper's
     build: Callable[[Any], dict[str, keras.Model]]
     presets: Mapping[int, Mapping[str, object]]  # tile size -> overrides of the defaults
+    # the shards' manifest -> overrides a new run takes from its data, under the user's own settings
+    from_data: Callable[[dict], Mapping[str, object]] | None = None
 
 
 MODELS: dict[str, Model] = {
     "cgan": Model(pix2pix.CGANConfig, pix2pix.build, pix2pix.PRESETS),
     "regression": Model(regression.RegressionConfig, regression.build, regression.PRESETS),
+    "zhang": Model(zhang.ZhangConfig, zhang.build, zhang.PRESETS),
+    "iizuka": Model(iizuka.IizukaConfig, iizuka.build, iizuka.PRESETS, iizuka.from_data),
 }
 
 
@@ -117,3 +128,15 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
     status = tf.train.Checkpoint(**networks).restore(path).expect_partial()
     status.assert_existing_objects_matched()
     return networks
+
+
+def working_size(saved: SavedRun) -> int:
+    """The side a run trained at: its crop size, else the tile size of its shards' manifest."""
+    crop = saved.train_config.get("crop_size") or 0
+    if crop:
+        return int(crop)
+    manifest = Path(saved.train_config.get("data", "")) / "manifest.json"
+    try:
+        return int(json.loads(manifest.read_text())["options"]["size"])
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot tell the run's tile size from {manifest} ({error}); pass --size") from None

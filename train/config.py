@@ -155,7 +155,8 @@ def resolve(argv: list[str]) -> Settings:
     preset_size = _preset_size(preset, entry, image_size, resumed)
     base_model = saved.model_config if saved else entry.config()
     preset_values = dict(entry.presets[preset_size]) if preset_size is not None else {}
-    model_config = override(base_model, {**preset_values, **model_values})
+    data_values = dict(entry.from_data(dataset.read_manifest(train.data))) if entry.from_data and not saved else {}
+    model_config = override(base_model, {**preset_values, **data_values, **model_values})
 
     if saved and model_config != saved.model_config:
         changed = [

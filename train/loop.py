@@ -124,8 +124,12 @@ class Training:
 
 
 def build(model: str, model_config, train: TrainConfig, total_steps: int | None = None,
-          strategy: tf.distribute.Strategy | None = None) -> Training:  # fmt: skip
+          strategy: tf.distribute.Strategy | None = None,
+          data: steps_lib.TrainingData = steps_lib.TrainingData()) -> Training:  # fmt: skip
     """Networks, optimizers (variables created, ready to restore), state and compiled step.
+
+    `data`: what the shards' manifest tells the steps that need it (zhang's ab prior,
+    iizuka's class labels); without it those train without rebalancing or class loss.
 
     Call inside `runtime(train)`. For a benchmark:
         with runtime(train): training = build("cgan", config, train)
@@ -166,7 +170,7 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
         **{f"{name}_variables": list(network.variables) for name, network in networks.items()},
     )
 
-    step = steps_lib.get(model)(model_config)
+    step = steps_lib.make(model, model_config, data)
 
     def train_step(batch):
         losses = strategy.run(step, args=(networks, optimizers, batch))
@@ -289,7 +293,8 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
     chief = is_chief(strategy)
     per_epoch = steps_per_epoch(train)
     total = train.steps or train.epochs * per_epoch
-    training = build(settings.model, settings.model_config, train, total, strategy)
+    data = steps_lib.TrainingData.from_manifest(dataset.read_manifest(train.data))
+    training = build(settings.model, settings.model_config, train, total, strategy, data)
     # Every worker takes part in a save; only the chief's lands in the run folder.
     checkpoint_dir = run_dir / models.CHECKPOINT_DIR if chief else Path(tempfile.mkdtemp())
     best_dir = run_dir / models.BEST_DIR if chief else Path(tempfile.mkdtemp())

@@ -6,23 +6,47 @@ the dict of preprocess/dataset.py (gray [B, H, W, 1], color [B, H, W, 2], both i
 [-1, 1]), and losses maps names such as "gen/total" to float32 scalars: means over this
 replica's part of the batch, in model scaling (an ab error of 0.01 is 1.1 Lab units).
 
+A factory that needs to know the training data beyond its batches (zhang's ab prior,
+iizuka's class labels) also takes `data=` (a TrainingData); `make` passes it to those.
+
 The loop runs a step inside `strategy.run`, compiled by tf.function unless --eager, and
 owns everything else (logging, checkpoints, NaN guard). Steps write no summaries.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from models import iizuka, zhang
 from models.config import ConfigError
+from models.iizuka import IizukaConfig
 from models.pix2pix import CGANConfig
 from models.regression import RegressionConfig
+from models.zhang import ZhangConfig
+from preprocess import color
 
 Losses = dict[str, tf.Tensor]
 Step = Callable[[dict[str, keras.Model], dict[str, keras.optimizers.Optimizer], dict[str, tf.Tensor]], Losses]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What the training data's manifest (preprocess/dataset.py) says beyond its batches."""
+
+    ab_prior: np.ndarray | None = None  # pixel counts [Q] of the train split over color.ab_bins(); None: unknown
+    label_names: tuple[str, ...] | None = None  # class names (label i is label_names[i]); None: no labels
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> TrainingData:
+        prior = manifest.get("ab_prior", {}).get("counts")
+        names = manifest.get("label_names")
+        return cls(None if prior is None else np.asarray(prior, np.int64), None if names is None else tuple(names))
 
 
 def binary_cross_entropy(target: float, logits: tf.Tensor) -> tf.Tensor:
@@ -115,9 +139,106 @@ def regression_step(config: RegressionConfig) -> Step:
     return step
 
 
+def weighted_cross_entropy(logits: tf.Tensor, targets: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(rebalanced, plain) mean cross-entropy of logits [B, h, w, Q] (float32) against soft targets [B, h, w, Q].
+
+    Each pixel's term is weighted by weights[Q] at the argmax of its target (its nearest bin).
+    """
+    pixel = -tf.reduce_sum(targets * tf.nn.log_softmax(logits, axis=-1), axis=-1)  # [B, h, w]
+    pixel_weight = tf.gather(weights, tf.argmax(targets, axis=-1))  # [B, h, w]
+    return tf.reduce_mean(pixel_weight * pixel), tf.reduce_mean(pixel)
+
+
+def zhang_step(config: ZhangConfig, data: TrainingData = TrainingData()) -> Step:
+    """Zhang et al.: rebalanced cross-entropy of the logits against soft-encoded colour.
+
+    The rebalancing weights come from the training data's ab prior (see
+    models.zhang.rebalance_weights); without one every pixel counts the same.
+    """
+    if data.ab_prior is None:
+        print("zhang: the shards' manifest has no ab prior; training without class rebalancing")
+        weights = np.ones(len(color.ab_bins()))
+    else:
+        weights = zhang.rebalance_weights(data.ab_prior, config.rebalance_lambda, config.prior_sigma)
+    weights = tf.constant(weights, tf.float32)  # [Q]
+
+    def step(networks, optimizers, batch):
+        generator, optimizer = networks["generator"], optimizers["generator"]
+        with tf.GradientTape() as tape:
+            logits = generator.network(batch["gray"], training=True)  # [B, h, w, Q] float32
+            targets = zhang.soft_targets(batch["color"], tf.shape(logits)[1:3], config)  # [B, h, w, Q]
+            rebalanced, plain = weighted_cross_entropy(logits, targets, weights)
+            scaled = optimizer.scale_loss(_replica_share(rebalanced))
+        _apply(optimizer, tape, scaled, generator)
+        return {"gen/total": rebalanced, "gen/ce": plain}
+
+    return step
+
+
+def class_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Mean cross-entropy of class logits [B, C] (float32) over the examples with a label (>= 0; -1: none).
+
+    0 when no example of the batch has one.
+    """
+    labelled = tf.cast(labels >= 0, tf.float32)  # [B]
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=logits)
+    return tf.reduce_sum(per_example * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
+
+
+def iizuka_step(config: IizukaConfig, data: TrainingData = TrainingData()) -> Step:
+    """Iizuka et al.: MSE of the colour plus lambda_class times the class cross-entropy.
+
+    The paper's MSE is on ab scaled to the sigmoid's [0, 1], a quarter of the MSE in model
+    scaling reported as "gen/mse"; lambda_class (alpha = 1/300) is relative to the former:
+        gen/total = gen/mse / 4 + lambda_class * gen/class
+    Without labels in the data (or with --classes=0) the class term is left out.
+    """
+    labels = len(data.label_names or ())
+    if labels > config.classes > 0:
+        raise ConfigError(f"--classes={config.classes}: the shards have {labels} classes")
+    with_classes = labels > 0 and config.classes > 0
+    if not labels:
+        print("iizuka: the shards carry no class labels; training without the classification loss")
+    elif not config.classes:
+        print(f"iizuka: --classes=0; training without the classification loss on the shards' {labels} classes")
+    views: dict[keras.Model, keras.Model] = {}  # generator -> its view with the global features, made once
+
+    def step(networks, optimizers, batch):
+        generator, gen_optimizer = networks["generator"], optimizers["generator"]
+        if not with_classes:
+            with tf.GradientTape() as tape:
+                fake_color = generator(batch["gray"], training=True)
+                mse = reconstruction_loss(batch["color"], fake_color, "mse")
+                total = 0.25 * mse
+                scaled = gen_optimizer.scale_loss(_replica_share(total))
+            _apply(gen_optimizer, tape, scaled, generator)
+            return {"gen/total": total, "gen/mse": mse}
+
+        classifier, class_optimizer = networks["classifier"], optimizers["classifier"]
+        if generator not in views:
+            views[generator] = iizuka.with_global_features(generator)
+        # One loss, two optimizers (each with its own loss scale under mixed_float16): a persistent tape.
+        with tf.GradientTape(persistent=True) as tape:
+            fake_color, features = views[generator](batch["gray"], training=True)
+            class_logits = classifier(features, training=True)  # [B, classes] float32
+            mse = reconstruction_loss(batch["color"], fake_color, "mse")
+            class_loss = class_cross_entropy(batch["label"], class_logits)
+            total = 0.25 * mse + config.lambda_class * class_loss
+            gen_scaled = gen_optimizer.scale_loss(_replica_share(total))
+            class_scaled = class_optimizer.scale_loss(_replica_share(total))
+        _apply(gen_optimizer, tape, gen_scaled, generator)
+        _apply(class_optimizer, tape, class_scaled, classifier)
+        del tape
+        return {"gen/total": total, "gen/mse": mse, "gen/class": class_loss}
+
+    return step
+
+
 STEPS: dict[str, Callable[..., Step]] = {
     "cgan": cgan_step,
     "regression": regression_step,
+    "zhang": zhang_step,
+    "iizuka": iizuka_step,
 }
 
 
@@ -126,3 +247,11 @@ def get(name: str) -> Callable[..., Step]:
     if name not in STEPS:
         raise ConfigError(f"no training step for model {name!r}; valid: {', '.join(STEPS)}")
     return STEPS[name]
+
+
+def make(name: str, config, data: TrainingData = TrainingData()) -> Step:
+    """The step of model `name`; `data` goes to the factories that take it (zhang, iizuka)."""
+    factory = get(name)
+    if "data" in inspect.signature(factory).parameters:
+        return factory(config, data=data)
+    return factory(config)
