@@ -20,13 +20,23 @@ RUN ?= runs/$(MODEL)
 STEPS ?=
 EPOCHS ?=
 
-.PHONY: help setup data train demo test bench clean
+# make export / serve / evaluate
+VERSION ?=
+SERVING_URL ?=
+EXPORT ?=
+CLASSIFIER ?=
+
+.PHONY: help setup data train export serve evaluate classifier demo test bench clean
 
 help:
 	@echo "make demo                 the whole pipeline on the sample photos that scikit-image ships"
 	@echo "make test                 the test suite"
 	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... ARGS='--key=value ...'"
 	@echo "make train MODEL=cgan|regression|zhang|iizuka DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
+	@echo "make export RUN=runs/<name> [VERSION=n]   a SavedModel for TF Serving in exports/"
+	@echo "make serve [EXPORT=exports/cgan] [SERVING_URL=http://host:8501/v1/models/cgan]"
+	@echo "make evaluate RUN=runs/<name> DATA=<shards or photos> [EXPORT=exports/<name>] [ARGS=...]"
+	@echo "make classifier DATA=<CIFAR-10 shards>  the classifier of the semantic-interpretability metric"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
 
 $(READY): setup.cfg pyproject.toml
@@ -48,15 +58,35 @@ train: $(READY)
 # that has started to learn, not a finished one.
 DEMO_STEPS ?= 400
 
+export: $(READY)
+	$(PY) -m export --run='$(RUN)' $(if $(VERSION),--version=$(VERSION)) $(ARGS)
+
+serve: $(READY)
+	$(PY) -m export.web $(if $(SERVING_URL),--serving-url='$(SERVING_URL)',--model='$(or $(EXPORT),exports/$(MODEL))') $(ARGS)
+
+evaluate: $(READY)
+	$(PY) -m evaluate $(foreach run,$(RUN),--run='$(run)') $(foreach export,$(EXPORT),--export='$(export)') \
+		--data='$(DATA)' $(if $(CLASSIFIER),--classifier='$(CLASSIFIER)') $(ARGS)
+
+classifier: $(READY)
+	$(PY) -m evaluate.classifier --data='$(DATA)' --out=classifiers/cifar10 $(ARGS)
+
 demo: $(READY)
 	$(PY) -m preprocess --source=samples --size=64 --mode=tile --out=demo/shards \
 		--contact-sheet=demo/contact_sheet.png
 	$(PY) -m train --model=cgan --data=demo/shards --run=demo/run --steps=$(DEMO_STEPS) \
 		--batch_size=16 --sample_every=100 --eval_every=100 --checkpoint_every=100 --log_every=20
 	cp "$$(ls demo/run/samples/*.png | sort | tail -n 1)" demo/before_after.png
+	$(PY) -m export --run=demo/run --out=demo/exports
+	$(PY) -m export.colorize --model demo/exports/cgan --output demo/colorized \
+		"$$($(PY) -c 'import skimage.data, os; print(os.path.join(os.path.dirname(skimage.data.__file__), "chelsea.png"))')"
+	$(PY) -c 'from PIL import Image; import numpy as np, skimage.data; \
+		gray = np.asarray(Image.fromarray(skimage.data.chelsea()).convert("L").convert("RGB")); \
+		Image.fromarray(np.concatenate([gray, np.asarray(Image.open("demo/colorized/chelsea.png").convert("RGB"))], 1)).save("demo/chelsea_before_after.png")'
 	@echo "demo: tiles (gray | colour) in demo/contact_sheet.png; validation photos after"
 	@echo "      $(DEMO_STEPS) training steps (gray | colorized | real) in demo/before_after.png;"
-	@echo "      loss curves in demo/run/loss_curves.png"
+	@echo "      a SavedModel in demo/exports/cgan; a photo colorized at full resolution:"
+	@echo "      demo/chelsea_before_after.png (gray | colorized)"
 
 test: $(READY)
 	$(PY) -m pytest -q -n 2 --dist=loadfile
@@ -64,6 +94,7 @@ test: $(READY)
 bench: $(READY)
 	$(PY) -m preprocess.bench
 	$(PY) -m train.bench
+	$(PY) -m export.bench
 
 clean:
 	rm -rf demo .pytest_cache

@@ -128,7 +128,7 @@ def _plan_samples(images_per_chunk: int) -> Plan:
     return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items))
 
 
-def _list_images(root: Path, skipped: list[dict]) -> list[Path]:
+def list_images(root: Path, skipped: list[dict]) -> list[Path]:
     """Image files under root, sorted; unreadable folders are recorded in `skipped`."""
 
     def unreadable(error: OSError) -> None:
@@ -153,7 +153,7 @@ def _require_folder(path: Path, spec: str) -> None:
 def _plan_folder(root: Path, images_per_chunk: int) -> Plan:
     _require_folder(root, f"folder:{root}")
     skipped: list[dict] = []
-    paths = _list_images(root, skipped)
+    paths = list_images(root, skipped)
     items = [(path.relative_to(root).as_posix(), str(path), NO_LABEL) for path in paths]
     return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items), skipped=skipped)
 
@@ -201,7 +201,7 @@ def _plan_cifar10_folders(root: Path, images_per_chunk: int) -> Plan:
         if not (root / split).is_dir():
             continue
         items = []
-        for path in _list_images(root / split, skipped):
+        for path in list_images(root / split, skipped):
             relative = path.relative_to(root)
             class_name = relative.parts[1] if len(relative.parts) > 2 else None
             label = label_names.index(class_name) if class_name in label_names else NO_LABEL

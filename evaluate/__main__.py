@@ -1,0 +1,164 @@
+"""`python -m evaluate` (what `make evaluate` runs): score runs and exports side by side.
+
+    python -m evaluate --run=runs/cgan --run=runs/regression --data=data/cifar10 --name=cifar10
+    python -m evaluate --run=runs/cgan --checkpoints=all --data=data/cifar10      # pick the best epoch
+    python -m evaluate --export=exports/cgan --data=~/photos                       # a photo folder
+
+Every model colorizes each photo at its native size the way `colorize` does (the model at
+its working size, ab upsampled, the photo's own L kept: export/savedmodel.py's
+`colorize_pixels`), next to the grayscale baseline. Writes reports/<name>/ (see
+evaluate/report.py). Exit codes: 0 done, 2 bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the report
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import models  # noqa: E402
+from evaluate import classifier as classifier_lib  # noqa: E402
+from evaluate.report import Model, evaluate  # noqa: E402
+from export.inference import Colorizer, ExportNotFound  # noqa: E402
+from export.savedmodel import colorize_pixels  # noqa: E402
+from models.config import ConfigError  # noqa: E402
+from preprocess import dataset, schema, sources  # noqa: E402
+from preprocess.images import UnusableImage, load_rgb  # noqa: E402
+
+
+def shard_images(shards_dir: Path, split: str, limit: int = 0) -> Iterator[tuple[str, np.ndarray, int]]:
+    """(source id, uint8 RGB tile, label) of one split in shard order; with `limit`, that many
+    spread evenly over the split (shards are often in class order, so not the first ones)."""
+    manifest = dataset.read_manifest(shards_dir)
+    records = tf.data.TFRecordDataset(
+        dataset.shard_paths(shards_dir, split), compression_type=manifest["options"].get("compression") or ""
+    )
+    if limit:
+        records = records.shard(max(1, manifest["splits"][split]["tiles"] // limit), 0).take(limit)
+    for record in records.map(schema.parse):
+        yield record["source_id"].numpy().decode(), record["rgb"].numpy(), int(record["label"])
+
+
+def folder_images(root: Path) -> Iterator[tuple[str, np.ndarray, int]]:
+    """(path, uint8 RGB photo, -1) of every usable colour photo under root; others are reported."""
+    skipped: list[dict] = []
+    for path in sources.list_images(root, skipped):
+        try:
+            yield str(path.relative_to(root)), load_rgb(path), schema.NO_LABEL
+        except UnusableImage as error:
+            print(f"skipped {error}", file=sys.stderr)
+    for skip in skipped:
+        print(f"skipped {skip['source']}: {skip['reason']}", file=sys.stderr)
+
+
+def checkpoint_models(run: Path, which: str) -> tuple[dict[str, Model], dict[str, float]]:
+    """The run's checkpoints as models, and each one's epoch when `which` is "all"."""
+    saved = models.read_run_config(run)
+    size = models.working_size(saved)
+    stride = saved.model_config.stride
+    if which == "all":
+        paths = tf.train.get_checkpoint_state(run / models.CHECKPOINT_DIR)
+        paths = list(paths.all_model_checkpoint_paths) if paths else []
+        if not paths:
+            raise FileNotFoundError(f"{run}: no checkpoints in {run / models.CHECKPOINT_DIR}")
+    else:
+        paths = [which]
+    per_epoch = steps_per_epoch(saved)
+    found, epochs = {}, {}
+    for path in paths:
+        generator = models.build_from_run(run, path)["generator"]
+        name = run.name if which != "all" else f"{run.name}@{Path(path).name.split('-')[-1]}"
+        found[name] = _colorizer(generator, size, stride)
+        if which == "all" and per_epoch:
+            epochs[name] = int(Path(path).name.split("-")[-1]) / per_epoch
+    return found, epochs
+
+
+def steps_per_epoch(saved: models.SavedRun) -> int:
+    try:
+        tiles = dataset.read_manifest(saved.train_config["data"])["splits"]["train"]["tiles"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return 0
+    return max(1, tiles // int(saved.train_config.get("batch_size", 1)))
+
+
+def _colorizer(generator, size: int, stride: int) -> Model:
+    # One trace per photo shape; CIFAR-style tiles all share one.
+    run = tf.function(lambda pixels: colorize_pixels(generator, pixels, size, stride), reduce_retracing=True)
+    return lambda rgb: run(tf.constant(rgb[None]))[0].numpy()
+
+
+def prior_of(data: Path, runs: list[Path]) -> np.ndarray | None:
+    """The ab prior for the rebalanced AuC: of the evaluated shards, else of a run's training data."""
+    candidates = [data] + [Path(models.read_run_config(run).train_config.get("data", "")) for run in runs]
+    for folder in candidates:
+        try:
+            return np.asarray(dataset.read_manifest(folder)["ab_prior"]["counts"], np.float64)
+        except (FileNotFoundError, ValueError, KeyError):
+            continue
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evaluate", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--run", action="append", default=[], type=Path, help="a run folder (repeat for several)")
+    add("--export", action="append", default=[], type=Path, help="an export folder (repeat for several)")
+    add("--checkpoints", default="best", help="best | latest | all (every kept checkpoint: metrics by epoch)")
+    add("--data", required=True, type=Path, help="a shards folder or a folder of colour photos")
+    add("--split", default=None, help="shard split (default: test, else val)")
+    add("--limit", type=int, default=0, help="evaluate N images, spread over the split (default: all)")
+    add("--classifier", type=Path, default=None, help="folder of `make classifier` for semantic accuracy")
+    add("--name", default=None, help="report name (default: from the data folder)")
+    add("--out", type=Path, default=Path("reports"), help="where reports go (default: reports)")
+    add("--grid", type=int, default=8, help="photos in grid.png (default: 8)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.run and not args.export:
+        print("make evaluate: give at least one RUN=<run folder> or EXPORT=<export folder>", file=sys.stderr)
+        return 2
+    try:
+        evaluated: dict[str, Model] = {}
+        epochs: dict[str, float] = {}
+        for run in args.run:
+            found, found_epochs = checkpoint_models(run, args.checkpoints)
+            evaluated.update(found)
+            epochs.update(found_epochs)
+        for export in args.export:
+            colorizer = Colorizer(export)
+            evaluated[colorizer.label] = colorizer.colorize
+        if (args.data / dataset.MANIFEST).exists():
+            splits = dataset.read_manifest(args.data)["splits"]
+            split = args.split or ("test" if splits.get("test", {}).get("tiles") else "val")
+            images = shard_images(args.data, split, args.limit)
+        elif args.data.is_dir():
+            images = islice(folder_images(args.data), args.limit or None)
+        else:
+            raise FileNotFoundError(f"{args.data}: neither a shards folder nor a folder of photos")
+        classifier = classifier_lib.load(args.classifier) if args.classifier else None
+        prior = prior_of(args.data, args.run)
+    except (ConfigError, ExportNotFound, FileNotFoundError, ValueError) as error:
+        print(f"make evaluate: {error}", file=sys.stderr)
+        return 2
+    out = args.out / (args.name or args.data.name)
+    images = tqdm(images, desc="make evaluate", unit="photo", total=args.limit or None)
+    results = evaluate(evaluated, images, out, prior, classifier, args.grid, epochs or None)
+    print((out / "metrics.md").read_text(), file=sys.stderr)
+    print(f"report: {out} ({len(results['images'])} photos)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

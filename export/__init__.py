@@ -1,0 +1,12 @@
+"""From a trained run to colour photos: SavedModels for TF Serving, `colorize`, and a web page.
+
+    python -m export --run=runs/<name>     exports/<model>/<version>/ (make export)
+    python -m export.colorize ...          colour photos from an export (the `colorize` command)
+    python -m export.web --model ...       the web app (make serve)
+    python -m export.bench                 export size, load time, 12-megapixel latency -> BENCHMARKS.md
+
+Modules, in the order a photo meets them: `savedmodel` (the graph inside every export and
+its signatures), `serving` (TF Serving's warm-up file and models.config), `__main__` (the
+export command), `images` (reading any photo), `inference` (loading an export),
+`colorize`, `client` (TF Serving's REST API), `web`. Nothing here imports `train/`.
+"""

@@ -1,0 +1,77 @@
+"""Load an export and colorize NumPy photos with it: what `colorize` and the web app share.
+
+Needs TensorFlow and the export folder only: the graph, the weights and the settings
+(`assets.extra/export.json`) are all inside it; no model code, no run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+INFO_FILE = Path("assets.extra") / "export.json"
+
+
+class ExportNotFound(Exception):
+    """A --model path that holds no usable export, with what was looked for."""
+
+
+def resolve(model: str | Path, version: int | None = None) -> Path:
+    """The version folder of an export: `model` itself when it holds a saved_model.pb, else
+    `model/<version>`, by default the highest numbered version (as TF Serving picks)."""
+    path = Path(model)
+    if (path / "saved_model.pb").exists():
+        if version is not None and path.name != str(version):
+            raise ExportNotFound(f"{path} is version {path.name}; --version={version} names another")
+        return path
+    if not path.is_dir():
+        raise ExportNotFound(f"{path}: no such folder; make one with `make export RUN=runs/<name>`")
+    versions = sorted(int(child.name) for child in path.iterdir()
+                      if child.name.isdigit() and (child / "saved_model.pb").exists())  # fmt: skip
+    if not versions:
+        raise ExportNotFound(f"{path}: no export versions (numbered folders with a saved_model.pb)")
+    if version is None:
+        return path / str(versions[-1])
+    if version not in versions:
+        raise ExportNotFound(f"{path}: no version {version}; found {', '.join(map(str, versions))}")
+    return path / str(version)
+
+
+class Colorizer:
+    """One loaded export. `colorize(rgb)` -> the colour photo at the input's size.
+
+    `info` is the export's export.json: model, working_size, stride, temperature (the
+    default, or None for models without one), run, checkpoint.
+    """
+
+    def __init__(self, model: str | Path, version: int | None = None) -> None:
+        self.path = resolve(model, version)
+        self.info = json.loads((self.path / INFO_FILE).read_text())
+        # The signatures keep working only while the loaded object lives, so it is kept.
+        self._loaded = tf.saved_model.load(str(self.path))
+        self._colorize_at_size = self._loaded.signatures["colorize_at_size"]
+
+    @property
+    def label(self) -> str:
+        """`<name> v<version>`, naming the served model in pages and reports."""
+        return f"{self.path.parent.name} v{self.path.name}"
+
+    def colorize(self, rgb: np.ndarray, size: int | None = None, temperature: float | None = None) -> np.ndarray:
+        """uint8 RGB [H, W, 3] (gray photos with equal channels; colour ones are taken as gray)
+        -> uint8 RGB [H, W, 3] with the input's L and the model's colour.
+
+        `size`: the working size (default the export's); `temperature`: for models that
+        decode with one (default the export's), refused by the others.
+        """
+        inputs = {
+            "image": tf.constant(np.asarray(rgb, np.uint8)[None]),
+            "working_size": tf.constant(size or self.info["working_size"], tf.int32),
+        }
+        if self.info["temperature"] is not None:
+            inputs["temperature"] = tf.constant([temperature or self.info["temperature"]], tf.float32)
+        elif temperature is not None:
+            raise ValueError(f"{self.info['model']} does not decode with a temperature")
+        return self._colorize_at_size(**inputs)["rgb"][0].numpy()

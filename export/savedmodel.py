@@ -1,0 +1,213 @@
+"""The exported graph: any photo at full resolution -> a colour photo, and the SavedModel around it.
+
+The generator runs at the export's working size; its ab is upsampled to the photo's size
+and joined with the photo's own L, so the result keeps every detail of the original:
+
+    pixels uint8 [N, H, W, C]  (C = 1: sRGB gray levels, C = 3: RGB taken as gray)
+      -> resized (antialiased) to about working_size**2 pixels, sides multiples of the stride
+      -> gray [N, h, w, 1] = L / 50 - 1  -> generator -> color [N, h, w, 2] = ab / 110
+      -> per stripe of rows: L of the original pixels, color upsampled bilinearly to H x W
+      -> Lab -> uint8 RGB [N, H, W, 3]
+
+The full-resolution half runs in stripes of about STRIPE_PIXELS pixels, one at a time, so
+the float temporaries of a 100-megapixel photo stay those of a stripe.
+
+Signatures (the names are the keys of TF Serving requests and answers; see the README):
+    serving_default   gray uint8 [N, H, W, 1]                         -> rgb uint8 [N, H, W, 3]
+    colorize_image    image_bytes string [N] (JPEG/PNG/GIF/BMP)        -> png_bytes string [N]
+    colorize_at_size  image uint8 [N, H, W, 3], working_size int32 []  -> rgb uint8 [N, H, W, 3]
+A model whose config has a `temperature` field (zhang) decodes its colour with one, and each
+signature then also takes `temperature` float32 [N].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from preprocess import color
+
+# Full-resolution pixels (over the batch) converted per step. A 12 MP photo in one piece
+# takes gigabytes of temporaries and 10x longer; smaller stripes gain nothing more.
+STRIPE_PIXELS = 1 << 18
+
+# The signature names and their tensor names, as TF Serving clients see them. The "_bytes"
+# suffix is TF Serving's rule for strings that its REST API carries as {"b64": ...}.
+SERVING_DEFAULT = "serving_default"
+COLORIZE_IMAGE = "colorize_image"
+COLORIZE_AT_SIZE = "colorize_at_size"
+OUTPUTS = {SERVING_DEFAULT: "rgb", COLORIZE_IMAGE: "png_bytes", COLORIZE_AT_SIZE: "rgb"}
+
+
+def has_temperature(model_config: object) -> bool:
+    """Whether a model decodes its colour with a temperature (Zhang et al.'s annealed mean).
+
+    The contract for such a model: its config has a `temperature` field (the default used
+    at inference) and its "generator" takes [gray [B, H, W, 1], temperature [B]].
+    """
+    return any(field.name == "temperature" for field in dataclasses.fields(model_config))
+
+
+def working_shape(height: tf.Tensor, width: tf.Tensor, working_size: tf.Tensor, stride: int) -> tf.Tensor:
+    """int32 [2]: the model's input size for an H x W photo.
+
+    About working_size**2 pixels with the photo's aspect ratio, each side rounded to a
+    multiple of `stride` (at least one stride). By area rather than by shorter side, so a
+    wide photo costs about what a square one does.
+    """
+    sides = tf.cast(tf.stack([height, width]), tf.float32)
+    scale = tf.cast(working_size, tf.float32) / tf.sqrt(sides[0] * sides[1])
+    multiples = tf.maximum(tf.round(sides * scale / stride), 1.0)
+    return tf.cast(multiples, tf.int32) * stride
+
+
+def upsample_rows(small: tf.Tensor, rows: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """Rows `rows` of `small` [N, h, w, C] resized bilinearly to [N, height, width, C]: [N, R, width, C].
+
+    The same values as `tf.image.resize(small, [height, width])` (half-pixel centres, no
+    antialiasing) at those rows, without making the whole full-size tensor.
+    """
+    shape = tf.shape(small)
+
+    def taps(out_index: tf.Tensor, in_size: tf.Tensor, out_size: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        in_size_f = tf.cast(in_size, tf.float32)
+        source = (tf.cast(out_index, tf.float32) + 0.5) * in_size_f / tf.cast(out_size, tf.float32) - 0.5
+        source = tf.clip_by_value(source, 0.0, in_size_f - 1.0)
+        lower = tf.floor(source)
+        upper = tf.minimum(lower + 1.0, in_size_f - 1.0)
+        return tf.cast(lower, tf.int32), tf.cast(upper, tf.int32), source - lower
+
+    top, bottom, dy = taps(rows, shape[1], height)
+    left, right, dx = taps(tf.range(width), shape[2], width)
+    dy = dy[None, :, None, None]
+    vertical = tf.gather(small, top, axis=1) * (1.0 - dy) + tf.gather(small, bottom, axis=1) * dy  # [N, R, w, C]
+    dx = dx[None, None, :, None]
+    return tf.gather(vertical, left, axis=2) * (1.0 - dx) + tf.gather(vertical, right, axis=2) * dx
+
+
+@functools.cache
+def _gray_level_lightness() -> np.ndarray:
+    """float32 [256]: CIE L of each sRGB gray level, so gray inputs need one lookup per pixel."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    with tf.init_scope():  # computed eagerly even while a signature is traced; a constant in the graph
+        return color.rgb_to_lab(levels)[:, 0].numpy()
+
+
+def _lightness(pixels: tf.Tensor) -> tf.Tensor:
+    """uint8 [..., C] (C = 1 gray levels or 3 RGB) -> L [..., 1] float32 in [0, 100]."""
+    if pixels.shape[-1] == 1:
+        return tf.gather(tf.constant(_gray_level_lightness()), tf.cast(pixels, tf.int32))
+    return color.rgb_to_lab(pixels)[..., :1]
+
+
+def colorize_pixels(
+    generator: keras.Model,
+    pixels: tf.Tensor,
+    working_size: tf.Tensor | int,
+    stride: int,
+    temperature: tf.Tensor | None = None,
+    stripe_pixels: int = STRIPE_PIXELS,
+) -> tf.Tensor:
+    """uint8 [N, H, W, C] (C = 1 gray, 3 RGB whose L is used) -> uint8 RGB [N, H, W, 3].
+
+    `temperature` float32 [N] goes to generators that take one (see `has_temperature`).
+    Runs eagerly or traced; the export traces it into every signature.
+    """
+    if pixels.shape[-1] not in (1, 3):
+        raise ValueError(f"pixels must have 1 or 3 channels, got shape {pixels.shape}")
+    shape = tf.shape(pixels)
+    batch, height, width = shape[0], shape[1], shape[2]
+
+    # The model's view: resized in sRGB, as `make data` resizes photos, then converted.
+    small = tf.image.resize(pixels, working_shape(height, width, working_size, stride), antialias=True)
+    small = tf.clip_by_value(small / 255.0, 0.0, 1.0)
+    if pixels.shape[-1] == 1:
+        small = tf.repeat(small, 3, axis=-1)
+    gray, _ = color.rgb_to_model(small)  # [N, h, w, 1]
+    inputs = gray if temperature is None else [gray, temperature]
+    fake_color = generator(inputs, training=False)  # [N, h, w, 2] in [-1, 1]
+
+    rows_per_stripe = tf.maximum(1, stripe_pixels // tf.maximum(batch * width, 1))
+    stripes = (height + rows_per_stripe - 1) // rows_per_stripe
+
+    def stripe(index: tf.Tensor) -> tf.Tensor:
+        # The last stripe repeats the bottom row to keep every stripe the same height.
+        rows = tf.minimum(index * rows_per_stripe + tf.range(rows_per_stripe), height - 1)
+        lightness = _lightness(tf.gather(pixels, rows, axis=1))  # [N, R, W, 1]
+        ab = upsample_rows(fake_color, rows, height, width)  # [N, R, W, 2]
+        return color.model_to_rgb((lightness - color.L_OFFSET) / color.L_SCALE, ab)
+
+    # One stripe at a time: parallel stripes would multiply the temporaries they exist to bound.
+    parts = tf.map_fn(stripe, tf.range(stripes), fn_output_signature=tf.TensorSpec([None, None, None, 3], tf.uint8),
+                      parallel_iterations=1)  # [S, N, R, W, 3]  # fmt: skip
+    rgb = tf.reshape(tf.transpose(parts, [1, 0, 2, 3, 4]), [batch, stripes * rows_per_stripe, width, 3])
+    return rgb[:, :height]
+
+
+def decode_rgb(data: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes (scalar string) -> uint8 RGB [H, W, 3].
+
+    Any mode: gray is repeated, 16-bit is scaled to 8, CMYK JPEGs are converted (by the
+    decoder), transparency is composited over white as a viewer shows it.
+    """
+    image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)  # [H, W, 1..4]
+    channels = tf.shape(image)[-1]
+    base = tf.cond(channels >= 3, lambda: image[..., :3], lambda: tf.repeat(image[..., :1], 3, axis=-1))
+
+    def over_white() -> tf.Tensor:
+        alpha = tf.cast(image[..., -1:], tf.float32) / 255.0
+        return tf.cast(tf.round(tf.cast(base, tf.float32) * alpha + 255.0 * (1.0 - alpha)), tf.uint8)
+
+    rgb = tf.cond(channels % 2 == 0, over_white, lambda: base)  # 2 and 4 channels carry alpha
+    return tf.ensure_shape(rgb, [None, None, 3])
+
+
+def input_specs(temperature: bool) -> dict[str, list[tf.TensorSpec]]:
+    """signature name -> its inputs in argument order; a spec's name is the request key."""
+    temperature_spec = [tf.TensorSpec([None], tf.float32, name="temperature")] if temperature else []
+    return {
+        SERVING_DEFAULT: [tf.TensorSpec([None, None, None, 1], tf.uint8, name="gray"), *temperature_spec],
+        COLORIZE_IMAGE: [tf.TensorSpec([None], tf.string, name="image_bytes"), *temperature_spec],
+        COLORIZE_AT_SIZE: [tf.TensorSpec([None, None, None, 3], tf.uint8, name="image"),
+                           tf.TensorSpec([], tf.int32, name="working_size"), *temperature_spec],
+    }  # fmt: skip
+
+
+def _signature_functions(generator: keras.Model, working_size: int, stride: int) -> dict[str, Callable]:
+    """signature name -> its function (inputs as in `input_specs`, a dict of outputs)."""
+
+    def serving_default(gray: tf.Tensor, *temperature: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUTS[SERVING_DEFAULT]: colorize_pixels(generator, gray, working_size, stride, *temperature)}
+
+    def colorize_image(image_bytes: tf.Tensor, *temperature: tf.Tensor) -> dict[str, tf.Tensor]:
+        def one(args: tuple) -> tf.Tensor:
+            data, *per_image = args
+            rgb = colorize_pixels(generator, decode_rgb(data)[None], working_size, stride,
+                                  *[value[None] for value in per_image])  # fmt: skip
+            return tf.io.encode_png(rgb[0])
+
+        # One photo at a time: the photos of a batch may all have different sizes.
+        return {OUTPUTS[COLORIZE_IMAGE]: tf.map_fn(one, (image_bytes, *temperature), fn_output_signature=tf.string)}
+
+    def colorize_at_size(image: tf.Tensor, size: tf.Tensor, *temperature: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUTS[COLORIZE_AT_SIZE]: colorize_pixels(generator, image, size, stride, *temperature)}
+
+    return {SERVING_DEFAULT: serving_default, COLORIZE_IMAGE: colorize_image, COLORIZE_AT_SIZE: colorize_at_size}
+
+
+def write(generator: keras.Model, path: str | Path, working_size: int, stride: int, temperature: bool) -> None:
+    """Write the SavedModel with every signature into `path` (which must not exist yet)."""
+    archive = keras.export.ExportArchive()
+    # No archive.track(generator): the endpoints capture its variables, and tracking them too
+    # stores every weight twice (keras-team/keras#23553: twice the size, twice the memory
+    # in TF Serving).
+    functions = _signature_functions(generator, working_size, stride)
+    for name, specs in input_specs(temperature).items():
+        archive.add_endpoint(name, functions[name], input_signature=specs)
+    archive.write_out(str(path), verbose=False)

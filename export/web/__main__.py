@@ -1,0 +1,83 @@
+"""`python -m export.web --model exports/cgan` (what `make serve` runs): the colorize web app.
+
+    python -m export.web --model exports/cgan [--version N] [--port 8000]
+    python -m export.web --serving-url http://localhost:8501/v1/models/cgan
+
+With --model the app loads the export itself; with --serving-url it sends every photo to
+a TF Serving server instead. Flask's own server: a local demo and test page, not a
+production front end (behind one, run `create_app` under any WSGI server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from export.images import IMAGE_SUFFIXES  # noqa: E402
+from export.web import create_app  # noqa: E402
+from export.web.turing import sample_photos  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.web", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="exports/<name> (its newest version) or exports/<name>/<version>")
+    source.add_argument("--serving-url", help="a TF Serving model, http://HOST:8501/v1/models/NAME[/versions/N]")
+    add("--version", type=int, default=None, help="export version with --model (default: the newest)")
+    add("--temperature", type=float, default=None, help="for models that take one (default: the export's)")
+    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    add("--port", type=int, default=8000, help="port (default: 8000)")
+    add(
+        "--photos",
+        type=Path,
+        default=None,
+        help="folder of real colour photos for 'which one is real?' (default: scikit-image's sample photos)",
+    )
+    add(
+        "--db",
+        type=Path,
+        default=None,
+        help="SQLite file of the answers (default: turing.sqlite in the export's folder, or here with --serving-url)",
+    )
+    add("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: 20)")
+    add("--max-pixels", type=int, default=50_000_000, help="largest photo accepted, in pixels (default: 50,000,000)")
+    args = parser.parse_args(argv)
+
+    if args.photos is not None:
+        photos = sorted(path for path in args.photos.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        if not photos:
+            parser.error(f"--photos={args.photos}: no photos there")
+    else:
+        photos = sample_photos()
+
+    if args.serving_url:
+        from export.client import ServingClient
+
+        client = ServingClient(args.serving_url)
+        colorize, label = functools.partial(client.colorize, temperature=args.temperature), client.label
+        db = args.db or Path("turing.sqlite")
+    else:
+        from export.inference import Colorizer, ExportNotFound
+
+        try:
+            colorizer = Colorizer(args.model, args.version)
+        except ExportNotFound as error:
+            print(f"make serve: {error}", file=sys.stderr)
+            return 2
+        colorize, label = functools.partial(colorizer.colorize, temperature=args.temperature), colorizer.label
+        db = args.db or colorizer.path.parent / "turing.sqlite"
+
+    app = create_app(colorize, label, photos, db, int(args.max_upload_mb * 2**20), args.max_pixels)
+    print(f"serving {label} on http://{args.host}:{args.port}/ (answers in {db}); Ctrl-C stops", file=sys.stderr)
+    app.run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

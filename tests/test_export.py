@@ -1,0 +1,387 @@
+"""make export: the full-resolution graph, the SavedModel and its signatures, TF Serving's
+files, the self-check, a reload in a fresh process, and the REST client."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from PIL import Image
+from tensorflow_serving.config import model_server_config_pb2
+
+import models
+from export import __main__ as export_cli
+from export import savedmodel, serving
+from export.client import ServingClient, ServingError
+from export.images import load_photo
+from export.inference import INFO_FILE, Colorizer
+from models.config import ConfigError
+from preprocess import color
+
+TINY = {"depth": 3, "base_width": 4, "max_width": 8, "dropout_blocks": 1}  # stride 8
+WORKING_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """The part of a training config that export reads (the rest belongs to train/)."""
+
+    data: str = ""
+    crop_size: int = WORKING_SIZE
+
+
+def tiny_generator(kernel_std: float = 0.3, tint: tuple[float, float] = (0.15, -0.2), seed: int = 0) -> keras.Model:
+    """The tiny U-Net with weights large enough that colour depends on the input, and a tint
+    (out_conv bias, atanh of ab / 110) so every output is visibly coloured."""
+    generator = models.build("regression", models.get("regression").config(**TINY))["generator"]
+    rng = np.random.default_rng(seed)
+    for weight in generator.weights:
+        if weight.path.endswith("kernel"):
+            std = kernel_std / 6 if weight.path.startswith("out_conv") else kernel_std
+            weight.assign(rng.normal(0.0, std, weight.shape).astype(np.float32))
+    generator.get_layer("out_conv").bias.assign(np.array(tint, np.float32))
+    return generator
+
+
+def make_run(run: Path, generator: keras.Model | None = None, train: TrainSettings = TrainSettings()) -> Path:
+    """A run folder as `python -m train` leaves it: config.json and a checkpoint in RUN/best."""
+    generator = generator or tiny_generator()
+    models.write_run_config(run, "regression", models.get("regression").config(**TINY), train)
+    tf.train.Checkpoint(generator=generator).save(str(run / models.BEST_DIR / "ckpt"))
+    return run
+
+
+def make_export(folder: Path) -> tuple[Path, keras.Model]:
+    """(exports/regression/1, the generator in it): a tiny run, exported by `python -m export`."""
+    generator = tiny_generator()
+    run = make_run(folder / "run", generator)
+    assert export_cli.main([f"--run={run}", f"--out={folder / 'exports'}"]) == 0
+    return folder / "exports" / "regression" / "1", generator
+
+
+def encode(array: np.ndarray, image_format: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 RGB [H, W, 3]: smooth colour blobs plus pixel noise (fine detail), mid lightness."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(70, 200, (1, 4, 5, 3)).astype(np.float32)
+    smooth = tf.image.resize(coarse, [height, width])[0].numpy()
+    return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+
+
+class FakeServing(ThreadingHTTPServer):
+    """TF Serving's REST predict API over one export, as tensorflow_serving/util/json_tensor.cc
+    defines it: {"b64": ...} decodes into any string input, string outputs whose name ends in
+    "_bytes" are encoded so, "instances" answers "predictions", "inputs" answers "outputs",
+    errors are {"error": message}. The real server cannot be installed here."""
+
+    def __init__(self, export_dir: Path, model_name: str) -> None:
+        self.loaded = tf.saved_model.load(str(export_dir))
+        self.path_prefix = f"/v1/models/{model_name}"
+        self.requests: list[dict] = []
+        super().__init__(("127.0.0.1", 0), _FakeServingHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.path_prefix}"
+
+
+def _from_json(value: object) -> object:
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    return [_from_json(item) for item in value] if isinstance(value, list) else value
+
+
+def _to_json(name: str, value: object) -> object:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()} if name.endswith("_bytes") else value.decode()
+    return [_to_json(name, item) for item in value] if isinstance(value, list) else value
+
+
+class _FakeServingHandler(BaseHTTPRequestHandler):
+    server: FakeServing
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        try:
+            if self.path != f"{self.server.path_prefix}:predict":
+                raise ValueError(f"no such model path {self.path}")
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.server.requests.append(request)
+            signature = self.server.loaded.signatures[request.get("signature_name", "serving_default")]
+            names = list(signature.structured_input_signature[1])
+            if "instances" in request:
+                rows = request["instances"]
+                columns = {name: [row[name] if isinstance(row, dict) and "b64" not in row else row for row in rows]
+                           for name in names}  # fmt: skip
+            else:
+                inputs = request["inputs"]
+                columns = inputs if isinstance(inputs, dict) and "b64" not in inputs else {names[0]: inputs}
+            dtypes = {name: spec.dtype for name, spec in signature.structured_input_signature[1].items()}
+            outputs = signature(**{name: tf.constant(_from_json(columns[name]), dtypes[name]) for name in names})
+            values = {name: tensor.numpy().tolist() for name, tensor in outputs.items()}
+            if "instances" in request:
+                single = len(values) == 1
+                answer = {"predictions": [_to_json(*next(iter(values.items())))[i] if single else
+                                          {name: _to_json(name, value)[i] for name, value in values.items()}
+                                          for i in range(len(next(iter(values.values()))))]}  # fmt: skip
+            else:
+                answer = {"outputs": {name: _to_json(name, value) for name, value in values.items()}}
+            status = 200
+        except Exception as error:  # the real server answers every failure as {"error": ...}
+            answer, status = {"error": str(error)}, 400
+        body = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return make_export(tmp_path_factory.mktemp("export"))
+
+
+# ---------------------------------------------------------------------------------------
+# The graph
+
+
+def test_upsample_rows_is_tf_image_resize_at_those_rows():
+    small = tf.random.stateless_uniform([2, 5, 7, 2], seed=[1, 2])
+    for height, width in [(23, 31), (40, 14), (3, 4), (5, 7)]:
+        rows = tf.constant([0, 1, height // 2, height - 1])
+        expected = tf.gather(tf.image.resize(small, [height, width], method="bilinear"), rows, axis=1)
+        got = savedmodel.upsample_rows(small, rows, height, width)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_working_shape_keeps_the_area_and_aspect_in_multiples_of_the_stride():
+    def shape(height: int, width: int, size: int, stride: int) -> tuple[int, int]:
+        return tuple(savedmodel.working_shape(height, width, size, stride).numpy())
+
+    assert shape(3000, 4000, 256, 32) == (224, 288)  # 12 MP at 4:3: about 256**2 pixels
+    assert shape(4000, 3000, 256, 32) == (288, 224)
+    assert shape(512, 512, 256, 256) == (256, 256)
+    assert shape(10, 10, 256, 8) == (256, 256)  # small photos go up to the working size
+    assert shape(10, 100_000, 64, 32) == (32, 6_400)  # a strip: scaled as by area, short side held at one stride
+
+
+def test_colorize_pixels_is_the_whole_image_computation():
+    """Stripes and the hand-made upsampling change nothing: the result is the model's colour
+    at the working size, resized with tf.image.resize and joined with the full-size L."""
+    generator = tiny_generator()
+    rgb = photo(37, 50)[None]
+    h, w = savedmodel.working_shape(37, 50, WORKING_SIZE, 8).numpy()
+    small_gray, _ = color.rgb_to_model(tf.image.resize(rgb, [h, w], antialias=True) / 255.0)
+    full_gray, _ = color.rgb_to_model(rgb)
+    expected = color.model_to_rgb(full_gray, tf.image.resize(generator(small_gray, training=False), [37, 50]))
+    for stripe_pixels in (savedmodel.STRIPE_PIXELS, 200):  # one stripe; many, the last one partial
+        got = savedmodel.colorize_pixels(generator, tf.constant(rgb), WORKING_SIZE, 8, stripe_pixels=stripe_pixels)
+        assert got.dtype == tf.uint8 and got.shape == (1, 37, 50, 3)
+        assert np.abs(got.numpy().astype(int) - expected.numpy()).max() <= 1
+
+
+def test_full_resolution_detail_comes_from_the_original_lightness():
+    """A 16 px working size cannot see pixel noise, yet every pixel keeps its own L."""
+    generator = tiny_generator(kernel_std=0.0)  # a plain tint: in gamut for mid lightness
+    rgb = photo(96, 128)
+    out = savedmodel.colorize_pixels(generator, tf.constant(rgb[None]), WORKING_SIZE, 8)[0]
+    lab_in, lab_out = color.rgb_to_lab(rgb).numpy(), color.rgb_to_lab(out).numpy()
+    assert np.abs(lab_out[..., 0] - lab_in[..., 0]).max() < 0.8  # uint8 rounding only
+    np.testing.assert_allclose(lab_out[..., 1:].mean((0, 1)), [0.15 * 110 * 0.98, -0.2 * 110 * 0.98], atol=2.0)
+
+
+def test_gray_levels_and_rgb_gray_give_the_same_colour():
+    generator = tiny_generator()
+    gray = photo(30, 20)[..., :1][None]
+    from_gray = savedmodel.colorize_pixels(generator, tf.constant(gray), WORKING_SIZE, 8)
+    from_rgb = savedmodel.colorize_pixels(generator, tf.constant(np.repeat(gray, 3, -1)), WORKING_SIZE, 8)
+    assert np.abs(from_gray.numpy().astype(int) - from_rgb.numpy()).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK-JPEG"])
+def test_decode_rgb_reads_every_mode_as_a_viewer_shows_it(mode, tmp_path):
+    rgb = photo(12, 16)
+    alpha = np.tile(np.linspace(0, 255, 16).astype(np.uint8), (12, 1))
+    gray = rgb[..., 0]
+    images = {
+        "L": (Image.fromarray(gray), "PNG"),
+        "LA": (Image.fromarray(np.stack([gray, alpha], -1), "LA"), "PNG"),
+        "RGB": (Image.fromarray(rgb), "PNG"),
+        "RGBA": (Image.fromarray(np.dstack([rgb, alpha])), "PNG"),
+        "P": (Image.fromarray(rgb).quantize(16), "PNG"),
+        "I;16": (Image.fromarray(gray.astype(np.uint16) * 257), "PNG"),
+        "CMYK-JPEG": (Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+    }
+    image, image_format = images[mode]
+    path = tmp_path / f"photo.{image_format.lower()}"
+    image.save(path, format=image_format, **({"quality": 100} if image_format == "JPEG" else {}))
+    decoded = savedmodel.decode_rgb(tf.constant(path.read_bytes())).numpy()
+    # The same file through the Pillow loader of `colorize` and the web app.
+    assert decoded.shape == (12, 16, 3)
+    difference = np.abs(decoded.astype(int) - load_photo(path))
+    if image_format == "JPEG":  # decoders upsample chroma differently; an inverted CMYK would be ~100 off
+        assert difference.mean() < 3
+    else:
+        assert difference.max() <= 1
+
+
+# ---------------------------------------------------------------------------------------
+# The export
+
+
+def test_export_writes_a_checked_version_with_serving_files(exported):
+    export_dir, _ = exported
+    assert (export_dir / "saved_model.pb").exists()
+    assert not [p for p in export_dir.parent.iterdir() if p.name.startswith(".")]  # no partial export left
+    info = json.loads((export_dir / INFO_FILE).read_text())
+    assert (info["model"], info["working_size"], info["stride"], info["temperature"]) == ("regression", 16, 8, None)
+    assert info["signatures"] == {"serving_default": ["gray"], "colorize_image": ["image_bytes"],
+                                  "colorize_at_size": ["image", "working_size"]}  # fmt: skip
+
+    config = text_format.Parse((export_dir.parent.parent / "models.config").read_text(),
+                               model_server_config_pb2.ModelServerConfig())  # fmt: skip
+    assert [(c.name, c.base_path, c.model_platform) for c in config.model_config_list.config] == [
+        ("regression", "/models/regression", "tensorflow")
+    ]
+    stored = tf.train.load_checkpoint(str(export_dir / "variables" / "variables"))
+    values = sum(np.prod(shape) for key, shape in stored.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in key)
+    assert values == exported[1].count_params()  # every weight once (keras-team/keras#23553 stores them twice)
+
+    replies = serving.replay_warmup(export_dir)  # the file parses and every request runs
+    assert set(replies) == {"serving_default", "colorize_image"}
+    assert replies["serving_default"]["rgb"].shape == (1, serving.WARMUP_SIDE, serving.WARMUP_SIDE, 3)
+
+
+def test_the_check_reads_saved_model_cli_show(exported, tmp_path, monkeypatch):
+    """The export passed a check that runs `saved_model_cli show --all`; a listing that lacks
+    a documented name (here colorize_image's png_bytes output) fails it."""
+    export_dir, _ = exported
+    listing = "\n".join([
+        "signature_def['colorize_at_size']: inputs['image'] inputs['working_size'] outputs['rgb']",
+        "signature_def['colorize_image']: inputs['image_bytes'] outputs['rgb']",
+        "signature_def['serving_default']: inputs['gray'] outputs['rgb']",
+    ])  # fmt: skip
+    fake = tmp_path / "saved_model_cli"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = show ] && cat <<'EOF'\n{listing}\nEOF\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(export_cli, "SAVED_MODEL_CLI", fake)
+    with pytest.raises(export_cli.CheckFailed, match="colorize_image with .*outputs\\['png_bytes'\\]"):
+        export_cli.check(export_dir, None)
+
+
+def test_reloaded_in_a_fresh_process_matches_the_eager_model(exported, tmp_path):
+    export_dir, generator = exported
+    rgb = photo(45, 61, seed=3)
+    gray = rgb[..., :1]
+    np.save(tmp_path / "gray.npy", gray[None])
+    (tmp_path / "photo.png").write_bytes(encode(rgb))
+    script = f"""
+import numpy as np, tensorflow as tf
+loaded = tf.saved_model.load({str(export_dir)!r})
+rgb = loaded.signatures["serving_default"](gray=tf.constant(np.load({str(tmp_path / "gray.npy")!r})))["rgb"]
+np.save({str(tmp_path / "from_gray.npy")!r}, rgb.numpy())
+data = open({str(tmp_path / "photo.png")!r}, "rb").read()
+png = loaded.signatures["colorize_image"](image_bytes=tf.constant([data, data]))["png_bytes"]
+np.save({str(tmp_path / "from_png.npy")!r}, np.stack([tf.io.decode_png(p).numpy() for p in png]))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    restored = models.build_from_run(export_dir.parents[2] / "run")["generator"]  # the eager model path
+    for name, pixels in [("from_gray", gray), ("from_png", rgb)]:
+        eager = savedmodel.colorize_pixels(restored, tf.constant(pixels[None]), WORKING_SIZE, 8).numpy()
+        assert np.abs(np.load(tmp_path / f"{name}.npy").astype(int) - eager).max() <= 1, name
+    colorful = np.load(tmp_path / "from_gray.npy").astype(int)
+    assert np.abs(colorful[..., 0] - colorful[..., 2]).mean() > 5  # the tint arrived: not gray
+
+
+def test_versions_count_up_and_are_never_overwritten(exported, tmp_path, capsys):
+    export_dir, _ = exported
+    (tmp_path / "m" / "3").mkdir(parents=True)
+    (tmp_path / "m" / ".partial-9-1").mkdir()
+    assert export_cli.next_version(tmp_path / "m") == 4
+    assert export_cli.next_version(tmp_path / "new") == 1
+    run = export_dir.parents[2] / "run"
+    assert export_cli.main([f"--run={run}", f"--out={export_dir.parents[1]}", "--version=1"]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_a_failed_check_leaves_no_version(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "run")
+    monkeypatch.setattr(export_cli, "SAVED_MODEL_CLI", Path("/bin/false"))
+    assert export_cli.main([f"--run={run}", f"--out={tmp_path / 'exports'}"]) == 1
+    assert "failed its check" in capsys.readouterr().err
+    assert list((tmp_path / "exports" / "regression").iterdir()) == []  # neither "1" nor a partial folder
+    assert not (tmp_path / "exports" / "models.config").exists()
+
+
+def test_working_size_defaults_to_the_runs_tiles(tiny_shards):
+    run = models.SavedRun("regression", None, {"data": str(tiny_shards), "crop_size": 0})
+    assert export_cli.working_size(run) == 32  # the shards' tile size
+    assert export_cli.working_size(run._replace(train_config={"data": str(tiny_shards), "crop_size": 16})) == 16
+    with pytest.raises(ConfigError, match="--size"):
+        export_cli.working_size(run._replace(train_config={"data": "/nonexistent", "crop_size": 0}))
+
+
+def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
+    config = models.get("zhang").config(base_width=2)  # the annealed mean's temperature, 0.38 by default
+    networks = models.build("zhang", config)
+    bins = networks["generator"].network.get_layer("conv8_bins").bias
+    bins.assign(np.random.default_rng(0).normal(0.0, 2.0, bins.shape).astype(np.float32))  # not uniform
+    models.write_run_config(tmp_path / "run", "zhang", config, TrainSettings(crop_size=16))
+    tf.train.Checkpoint(**networks).save(str(tmp_path / "run" / "best" / "ckpt"))
+    assert export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'exports'}"]) == 0
+
+    colorizer = Colorizer(tmp_path / "exports" / "zhang")
+    assert colorizer.info["temperature"] == pytest.approx(0.38)
+    signatures = colorizer._loaded.signatures
+    for name in ("serving_default", "colorize_image", "colorize_at_size"):
+        assert "temperature" in signatures[name].structured_input_signature[1], name
+    rgb = photo(16, 16)
+    mean, mode = colorizer.colorize(rgb, temperature=1.0), colorizer.colorize(rgb, temperature=0.05)
+    assert np.abs(mean.astype(int) - mode).max() > 3  # the temperature reaches the decoding
+    np.testing.assert_array_equal(colorizer.colorize(rgb), colorizer.colorize(rgb, temperature=0.38))
+
+
+# ---------------------------------------------------------------------------------------
+# TF Serving's REST API
+
+
+def test_client_speaks_tf_servings_rest_api(exported):
+    export_dir, _ = exported
+    server = FakeServing(export_dir, "regression")
+    try:
+        client = ServingClient(server.url)
+        rgb = photo(21, 34, seed=5)
+        got = client.colorize(rgb)
+        assert server.requests[-1]["signature_name"] == "colorize_image"
+        assert set(server.requests[-1]["instances"][0]) == {"b64"}  # what the README's curl example sends
+        expected = Colorizer(export_dir).colorize(rgb)
+        np.testing.assert_array_equal(got, expected)
+        assert client.label == "regression"
+        assert ServingClient("http://h:8501/v1/models/cgan/versions/3").label == "cgan v3"
+        with pytest.raises(ServingError, match="HTTP 400"):
+            client.colorize_png(b"not an image")
+        with pytest.raises(ServingError, match="HTTP 400"):
+            ServingClient(server.url.replace("regression", "other")).colorize_png(encode(rgb))
+    finally:
+        server.shutdown()
