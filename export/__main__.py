@@ -30,25 +30,12 @@ import models  # noqa: E402
 from export import savedmodel, serving  # noqa: E402
 from export.inference import INFO_FILE  # noqa: E402
 from models.config import ConfigError  # noqa: E402
-from preprocess import dataset  # noqa: E402
 
 SAVED_MODEL_CLI = Path(sys.executable).with_name("saved_model_cli")
 
 
 class CheckFailed(Exception):
     """The written SavedModel did not pass `saved_model_cli` or the warm-up replay."""
-
-
-def working_size(saved: models.SavedRun) -> int:
-    """The side the model trained at: the run's crop size, else the tile size of its shards."""
-    crop = saved.train_config.get("crop_size") or 0
-    if crop:
-        return int(crop)
-    data = saved.train_config.get("data", "")
-    try:
-        return int(dataset.read_manifest(data)["options"]["size"])
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot tell the run's tile size from its data ({error}); pass --size") from None
 
 
 def next_version(model_dir: Path) -> int:
@@ -113,7 +100,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
     """Export the generator of `run` to out/<name>/<version>; returns that folder."""
     saved = models.read_run_config(run)
     generator = models.build_from_run(run, checkpoint)["generator"]
-    size = size or working_size(saved)
+    size = size or models.working_size(saved)
     temperature = saved.model_config.temperature if savedmodel.has_temperature(saved.model_config) else None
     model_dir = out / (name or saved.model)
     version = version or next_version(model_dir)

@@ -336,10 +336,10 @@ def test_a_failed_check_leaves_no_version(tmp_path, monkeypatch, capsys):
 
 def test_working_size_defaults_to_the_runs_tiles(tiny_shards):
     run = models.SavedRun("regression", None, {"data": str(tiny_shards), "crop_size": 0})
-    assert export_cli.working_size(run) == 32  # the shards' tile size
-    assert export_cli.working_size(run._replace(train_config={"data": str(tiny_shards), "crop_size": 16})) == 16
+    assert models.working_size(run) == 32  # the shards' tile size
+    assert models.working_size(run._replace(train_config={"data": str(tiny_shards), "crop_size": 16})) == 16
     with pytest.raises(ConfigError, match="--size"):
-        export_cli.working_size(run._replace(train_config={"data": "/nonexistent", "crop_size": 0}))
+        models.working_size(run._replace(train_config={"data": "/nonexistent", "crop_size": 0}))
 
 
 def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
