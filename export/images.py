@@ -9,37 +9,17 @@ model), palette, transparency (over white), CMYK, with EXIF rotation applied.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-import warnings
-from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from preprocess.images import IMAGE_SUFFIXES, UnusableImage
+from preprocess.images import IMAGE_SUFFIXES, UnusableImage, pillow_guard
 
 DEFAULT_MAX_PIXELS = 2 * 89_478_485  # Pillow's hard limit: a person's own 100-megapixel scans pass
 
-# Pillow's pixel limit and truncation flag are process-wide, so loads take turns.
-_PILLOW_STATE = threading.Lock()
-
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "UnusableImage", "load_photo"]
-
-
-@contextlib.contextmanager
-def _pillow_guard(max_pixels: int) -> Iterator[None]:
-    """This call's pixel limit (its warning made an error) and strict truncation, then restore."""
-    with _PILLOW_STATE, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def load_photo(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -64,7 +44,7 @@ def load_photo(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_M
             raise UnusableImage(name, "empty file")
         file.seek(0)
         try:
-            with _pillow_guard(max_pixels):
+            with pillow_guard(max_pixels):
                 img = Image.open(file)  # refuses oversized images once the header is read
                 img.load()
             ImageOps.exif_transpose(img, in_place=True)

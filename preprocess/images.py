@@ -21,7 +21,7 @@ from PIL import Image, ImageFile, ImageMode, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
-# `_pillow_guard` sets process-wide Pillow and warnings state, so loads take turns.
+# `pillow_guard` sets process-wide Pillow and warnings state, so loads take turns.
 _PILLOW_STATE = threading.Lock()
 
 
@@ -39,7 +39,7 @@ class UnusableImage(Exception):
 
 
 @contextlib.contextmanager
-def _pillow_guard(max_pixels: int) -> Iterator[None]:
+def pillow_guard(max_pixels: int) -> Iterator[None]:
     """Hand Pillow this call's pixel limit and strict truncation handling, then restore both.
 
     Pillow applies its decompression-bomb check itself, wherever a format needs it: after
@@ -76,7 +76,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
         if os.fstat(file.fileno()).st_size == 0:
             raise UnusableImage(path, "empty file")
         try:
-            with _pillow_guard(max_pixels):
+            with pillow_guard(max_pixels):
                 img = Image.open(file)  # refuses oversized images once the header is read
                 # Pillow's base mode is "L" for every one-channel mode: 1, L, LA, I, I;16, F.
                 if ImageMode.getmode(img.mode).basemode == "L":
