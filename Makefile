@@ -94,6 +94,8 @@ test: $(READY)
 bench: $(READY)
 	$(PY) -m preprocess.bench
 	$(PY) -m train.bench
+	$(PY) -m train.bench --model=zhang
+	$(PY) -m train.bench --model=iizuka
 	$(PY) -m export.bench
 
 clean:
