@@ -97,6 +97,8 @@ bench: $(READY)
 	$(PY) -m train.bench --model=zhang
 	$(PY) -m train.bench --model=iizuka
 	$(PY) -m export.bench
+	$(PY) -m export.bench --model=zhang
+	$(PY) -m export.bench --model=iizuka
 
 clean:
 	rm -rf demo .pytest_cache

@@ -39,17 +39,17 @@ class _TrainSettings:
     crop_size: int = 256
 
 
-def untrained_run(folder: Path) -> Path:
-    """A run folder with a freshly initialised cgan at the 256 px preset."""
+def untrained_run(folder: Path, model: str = "cgan") -> Path:
+    """A run folder with a freshly initialised `model` at the 256 px preset."""
     import tensorflow as tf
 
     import models
     from models.config import override
 
-    entry = models.get("cgan")
+    entry = models.get(model)
     config = override(entry.config(), entry.presets[256])
-    networks = models.build("cgan", config)
-    models.write_run_config(folder, "cgan", config, _TrainSettings())
+    networks = models.build(model, config)
+    models.write_run_config(folder, model, config, _TrainSettings())
     tf.train.Checkpoint(**networks).save(str(folder / models.BEST_DIR / "ckpt"))
     return folder
 
@@ -124,7 +124,8 @@ def run_command(command: list[str]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=None, help="run to export (default: an untrained cgan at 256 px)")
+    parser.add_argument("--run", type=Path, default=None, help="run to export (default: an untrained --model at 256 px)")
+    parser.add_argument("--model", default="cgan", help="the model of the untrained run (default: cgan)")
     parser.add_argument("--output", type=Path, default=BENCHMARKS, help="the Markdown file to update")
     args = parser.parse_args(argv)
     from export import __main__ as export_cli
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        run = args.run or untrained_run(work / "run")
+        run = args.run or untrained_run(work / "run", args.model)
         started = time.perf_counter()
         export_dir = export_cli.export_run(run, work / "exports")
         export_seconds = time.perf_counter() - started
@@ -154,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{inside['added_mib']:,.0f} | {cli_seconds:.1f} | {cli_peak:,.0f} |")  # fmt: skip
             print(rows[-1], file=sys.stderr)
 
-    model = "an untrained `cgan` at the 256 px preset" if args.run is None else f"`{args.run}` ({info['model']})"
+    model = f"an untrained `{args.model}` at the 256 px preset" if args.run is None else f"`{args.run}` ({info['model']})"
     write_section(
-        "export",
-        f"""## make export and colorize
+        "export" if info["model"] == "cgan" else f"export-{info['model']}",
+        f"""## make export and colorize ({info['model']})
 
 Machine: {machine()}.
 Command: `make bench` (`python -m export.bench`), exporting {model}
