@@ -30,9 +30,11 @@ from evaluate import classifier as classifier_lib  # noqa: E402
 from evaluate.report import Model, evaluate  # noqa: E402
 from export.inference import Colorizer, ExportNotFound  # noqa: E402
 from export.savedmodel import colorize_pixels  # noqa: E402
-from models.config import ConfigError  # noqa: E402
+from models.config import ConfigError, from_dict  # noqa: E402
 from preprocess import dataset, schema, sources  # noqa: E402
 from preprocess.images import UnusableImage, load_rgb  # noqa: E402
+from train import loop  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 
 
 def shard_images(shards_dir: Path, split: str, limit: int = 0) -> Iterator[tuple[str, np.ndarray, int]]:
@@ -84,11 +86,11 @@ def checkpoint_models(run: Path, which: str) -> tuple[dict[str, Model], dict[str
 
 
 def steps_per_epoch(saved: models.SavedRun) -> int:
+    """The run's own epoch length (train.loop's), or 0 when its training data is gone."""
     try:
-        tiles = dataset.read_manifest(saved.train_config["data"])["splits"]["train"]["tiles"]
-    except (FileNotFoundError, KeyError, ValueError):
+        return loop.steps_per_epoch(from_dict(TrainConfig, saved.train_config))
+    except (ConfigError, OSError, KeyError, ValueError):
         return 0
-    return max(1, tiles // int(saved.train_config.get("batch_size", 1)))
 
 
 def _colorizer(generator, size: int, stride: int) -> Model:

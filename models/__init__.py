@@ -135,8 +135,10 @@ def working_size(saved: SavedRun) -> int:
     crop = saved.train_config.get("crop_size") or 0
     if crop:
         return int(crop)
-    manifest = Path(saved.train_config.get("data", "")) / "manifest.json"
+    from preprocess import dataset  # the one reader of manifests, with its schema check
+
+    data = saved.train_config.get("data", "")
     try:
-        return int(json.loads(manifest.read_text())["options"]["size"])
+        return int(dataset.read_manifest(data)["options"]["size"])
     except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot tell the run's tile size from {manifest} ({error}); pass --size") from None
+        raise ConfigError(f"cannot tell the run's tile size from its data {data!r} ({error}); pass --size") from None
