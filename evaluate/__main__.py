@@ -3,6 +3,7 @@
     python -m evaluate --run=runs/cgan --run=runs/regression --data=data/cifar10 --name=cifar10
     python -m evaluate --run=runs/cgan --checkpoints=all --data=data/cifar10      # pick the best epoch
     python -m evaluate --export=exports/cgan --data=~/photos                       # a photo folder
+    python -m evaluate --run=runs/zhang --temperatures=0.2,0.38,0.6,1 --data=data/tiny64  # decoding sweep
 
 Every model colorizes each photo at its native size the way `colorize` does (the model at
 its working size, ab upsampled, the photo's own L kept: export/savedmodel.py's
@@ -62,8 +63,12 @@ def folder_images(root: Path) -> Iterator[tuple[str, np.ndarray, int]]:
         print(f"skipped {skip['source']}: {skip['reason']}", file=sys.stderr)
 
 
-def checkpoint_models(run: Path, which: str) -> tuple[dict[str, Model], dict[str, float]]:
-    """The run's checkpoints as models, and each one's epoch when `which` is "all"."""
+def checkpoint_models(run: Path, which: str, temperatures: list[float] = ()) -> tuple[dict[str, Model], dict[str, float]]:
+    """The run's checkpoints as models, and each one's epoch when `which` is "all".
+
+    A model that decodes with a temperature (zhang) is evaluated at each of `temperatures`
+    as "name@T=t", or at its own when none are given.
+    """
     saved = models.read_run_config(run)
     size = models.working_size(saved)
     stride = saved.model_config.stride
@@ -79,9 +84,13 @@ def checkpoint_models(run: Path, which: str) -> tuple[dict[str, Model], dict[str
     for path in paths:
         generator = models.build_from_run(run, path)["generator"]
         name = run.name if which != "all" else f"{run.name}@{Path(path).name.split('-')[-1]}"
-        found[name] = _colorizer(generator, size, stride)
+        if temperatures and hasattr(saved.model_config, "temperature"):
+            found.update({f"{name}@T={t:g}": _colorizer(generator, size, stride, t) for t in temperatures})
+        else:
+            found[name] = _colorizer(generator, size, stride)
         if which == "all" and per_epoch:
-            epochs[name] = int(Path(path).name.split("-")[-1]) / per_epoch
+            epochs.update({key: int(Path(path).name.split("-")[-1]) / per_epoch for key in found
+                           if key == name or key.startswith(f"{name}@T=")})  # fmt: skip
     return found, epochs
 
 
@@ -93,10 +102,26 @@ def steps_per_epoch(saved: models.SavedRun) -> int:
         return 0
 
 
-def _colorizer(generator, size: int, stride: int) -> Model:
+def _colorizer(generator, size: int, stride: int, temperature: float | None = None) -> Model:
+    def colorize(pixels):
+        if temperature is None:
+            return colorize_pixels(generator, pixels, size, stride)
+        return colorize_pixels(generator, pixels, size, stride, tf.fill(tf.shape(pixels)[:1], temperature))
+
     # One trace per photo shape; CIFAR-style tiles all share one.
-    run = tf.function(lambda pixels: colorize_pixels(generator, pixels, size, stride), reduce_retracing=True)
+    run = tf.function(colorize, reduce_retracing=True)
     return lambda rgb: run(tf.constant(rgb[None]))[0].numpy()
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """"0.2,0.38,1" -> [0.2, 0.38, 1.0]; each must be > 0."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--temperatures={text}: expected numbers separated by commas, e.g. 0.2,0.38,1") from None
+    if any(value <= 0 for value in values):
+        raise ConfigError(f"--temperatures={text}: temperatures must be > 0")
+    return values
 
 
 def prior_of(data: Path, runs: list[Path]) -> np.ndarray | None:
@@ -123,6 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--name", default=None, help="report name (default: from the data folder)")
     add("--out", type=Path, default=Path("reports"), help="where reports go (default: reports)")
     add("--grid", type=int, default=8, help="photos in grid.png (default: 8)")
+    add("--temperatures", default="", help="decode models that take a temperature (zhang) at each of these, "
+        "e.g. 0.2,0.38,0.6,1: the PSNR / colourfulness trade-off in tradeoff.png")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -134,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluated: dict[str, Model] = {}
         epochs: dict[str, float] = {}
+        temperatures = parse_temperatures(args.temperatures)
         for run in args.run:
-            found, found_epochs = checkpoint_models(run, args.checkpoints)
+            found, found_epochs = checkpoint_models(run, args.checkpoints, temperatures)
             evaluated.update(found)
             epochs.update(found_epochs)
         for export in args.export:

@@ -4,6 +4,8 @@
     metrics.json          per model the mean of every metric and the per-image scores
     metrics.md            a Markdown table: one row per model, the baseline first; units in the header
     grid.png              gray | each model | truth, for the first `grid_count` photos
+    tradeoff.png          PSNR against colourfulness per model (a temperature sweep as one line),
+                          with the baseline and the truth's colourfulness for scale
     metrics_by_epoch.png  every metric against the training epoch, when the models are the
                           checkpoints of one run (seed 003: pick the best epoch by looking)
 """
@@ -103,6 +105,7 @@ def evaluate(
     _write_text(out_dir / "metrics.md", markdown(results))
     if grid_rows:
         save_png(_grid(grid_rows), out_dir / "grid.png")
+    plot_tradeoff(results, out_dir / "tradeoff.png")
     if epochs:
         by_epoch = {epochs[name]: results["models"][name]["mean"] for name in epochs}
         plot_by_epoch(by_epoch, out_dir / "metrics_by_epoch.png", baseline=results["models"][BASELINE]["mean"])
@@ -151,6 +154,43 @@ def plot_by_epoch(
         axis.set_visible(False)
     if baseline is not None:
         axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def plot_tradeoff(results: dict, path: str | Path) -> None:
+    """PNG: mean PSNR against mean colourfulness of every model of `evaluate`'s results.
+
+    Models named "NAME@T=t" (a temperature sweep) are joined into one line labelled by t.
+    The baseline's PSNR and the truth's colourfulness (and 80% of it) are drawn as lines:
+    a good colorizer sits above the first and near the second.
+    """
+    means = {name: model["mean"] for name, model in results["models"].items()}
+    baseline = means.pop(BASELINE)
+    series: dict[str, list[tuple[float, str]]] = {}
+    for name in means:
+        family, _, temperature = name.partition("@T=")
+        series.setdefault(family, []).append((float(temperature) if temperature else 0.0, name))
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for family, members in series.items():
+        members.sort()
+        x = [means[name]["colorfulness"] for _, name in members]
+        y = [means[name]["psnr"] for _, name in members]
+        axis.plot(x, y, marker="o", label=family)
+        for (temperature, name), xi, yi in zip(members, x, y):
+            if "@T=" in name:
+                axis.annotate(f"T={temperature:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    truth = results["truth"]["colorfulness"]
+    axis.axhline(baseline["psnr"], color="gray", linestyle="--", label=f"{BASELINE} PSNR")
+    axis.axvline(truth, color="black", linestyle=":", label="truth's colourfulness")
+    axis.axvline(0.8 * truth, color="black", linestyle=(0, (1, 4)), label="80% of it")
+    axis.set_xlabel(LABELS["colorfulness"])
+    axis.set_ylabel(LABELS["psnr"])
+    axis.legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -24,7 +24,7 @@ A config field `temperature` means the generator decodes with one: it takes gray
 
 A run folder (written by `python -m train`, read here so that export/ never imports train/):
     RUN/config.json   {"model": name, "model_config": {...}, "train_config": {...}, "versions": {...}}
-    RUN/ckpt/         the last checkpoints;  RUN/best/  the one with the best validation L1
+    RUN/ckpt/         the last checkpoints;  RUN/best/  the one with the best validation score (--best_by)
 """
 
 from __future__ import annotations

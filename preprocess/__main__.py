@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m preprocess", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--source", default=defaults["source"],
-        help="samples | folder:PATH | cifar10:PATH | tfds:NAME[:SPLIT] (default: samples)")
+        help="samples | folder:PATH | imagefolder:PATH | cifar10:PATH | tfds:NAME[:SPLIT] (default: samples)")
     add("--out", required=True, help="folder for the shards and manifest.json")
     add("--size", type=int, default=defaults["size"], help="tile side in pixels (default: 64)")
     add("--mode", choices=MODES, default=defaults["mode"], help="how photos become tiles (default: center)")

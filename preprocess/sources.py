@@ -5,6 +5,9 @@ SPEC is one of
     folder:PATH             every JPEG, PNG, BMP, TIFF or WebP under PATH, recursively
     cifar10:PATH            CIFAR-10 as python-pickle batches (cifar-10-batches-py) or as
                             JPEG folders PATH/{train,test}/<class>/*.jpg; labels kept
+    imagefolder:PATH        one sub-folder per class, PATH/<class>/... (torchvision's layout) or
+                            PATH/<split>/<class>/... (TFDS's ImageFolder); the folder names are
+                            the labels, or their names in PATH/words.txt (Tiny ImageNet's)
     tfds:NAME[:SPLIT]       any TFDS image dataset; downloaded when online (SPLIT: train)
 
 Planning happens in the main process and only lists things; decoding happens in workers,
@@ -92,9 +95,11 @@ class Record:
 def plan(spec: str, images_per_chunk: int, tfds_dir: str | None = None) -> Plan:
     """Lists the photos of a source spec and groups them into chunks of `images_per_chunk`."""
     kind, _, argument = spec.partition(":")
-    planners = {"samples": _plan_samples, "folder": _plan_folder, "cifar10": _plan_cifar10, "tfds": _plan_tfds}
+    planners = {"samples": _plan_samples, "folder": _plan_folder, "imagefolder": _plan_imagefolder,
+                "cifar10": _plan_cifar10, "tfds": _plan_tfds}  # fmt: skip
     if kind not in planners:
-        raise SourceError(f"unknown source {spec!r}; valid: samples, folder:PATH, cifar10:PATH, tfds:NAME[:SPLIT]")
+        raise SourceError(f"unknown source {spec!r}; valid: samples, folder:PATH, imagefolder:PATH, "
+                          "cifar10:PATH, tfds:NAME[:SPLIT]")  # fmt: skip
     if kind == "samples":
         return _plan_samples(images_per_chunk)
     if not argument:
@@ -156,6 +161,58 @@ def _plan_folder(root: Path, images_per_chunk: int) -> Plan:
     paths = list_images(root, skipped)
     items = [(path.relative_to(root).as_posix(), str(path), NO_LABEL) for path in paths]
     return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items), skipped=skipped)
+
+
+# Sub-folders of an imagefolder source that name a split rather than a class, and the split
+# group their photos go to: "train" photos are hashed into train and val like any others.
+IMAGEFOLDER_SPLITS = {"train": "trainval", "val": "val", "validation": "val", "test": "test"}
+
+
+def _plan_imagefolder(root: Path, images_per_chunk: int) -> Plan:
+    """Class sub-folders as labels: PATH/<class>/** or PATH/{train,val,test}/<class>/**.
+
+    Labels number the class folders in sorted order (as torchvision and TFDS do). A
+    words.txt (lines "<folder>\t<name>, <synonym>, ...") beside the class folders or in
+    PATH gives readable names; the first synonym is kept.
+    """
+    spec = f"imagefolder:{root}"
+    _require_folder(root, spec)
+    subfolders = sorted(path.name for path in root.iterdir() if path.is_dir())
+    split_folders = [name for name in subfolders if name in IMAGEFOLDER_SPLITS]
+    splits = [(root / name, IMAGEFOLDER_SPLITS[name]) for name in split_folders] or [(root, "trainval")]
+    classes = sorted({path.name for folder, _ in splits for path in folder.iterdir() if path.is_dir()})
+    if not classes:
+        raise SourceError(f"{spec}: no class sub-folders; expected PATH/<class>/*.jpg or PATH/train/<class>/*.jpg "
+                          "(use folder:PATH for photos without classes)")  # fmt: skip
+    skipped: list[dict] = []
+    chunks: list[Chunk] = []
+    images = 0
+    for folder, group in splits:
+        items = []
+        for class_index, class_name in enumerate(classes):
+            if (folder / class_name).is_dir():
+                items += [(path.relative_to(root).as_posix(), str(path), class_index)
+                          for path in list_images(folder / class_name, skipped)]  # fmt: skip
+        loose = [path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += [{"source": str(path), "reason": "not inside a class folder: no label"} for path in sorted(loose)]
+        chunks += _chunked("files", items, group, images_per_chunk)
+        images += len(items)
+    return Plan(chunks, images, _class_names(classes, [root, *(folder for folder, _ in splits)]), skipped)
+
+
+def _class_names(folders: list[str], places: list[Path]) -> list[str]:
+    """Readable names of class folders from the first words.txt among `places`, else the folder names."""
+    for place in places:
+        words = place / "words.txt"
+        if not words.is_file():
+            continue
+        names = {}
+        for line in words.read_text(errors="replace").splitlines():
+            folder, _, name = line.partition("\t")
+            if name.strip():
+                names[folder.strip()] = name.split(",")[0].strip()
+        return [names.get(folder, folder) for folder in folders]
+    return list(folders)
 
 
 def _plan_cifar10(root: Path, images_per_chunk: int) -> Plan:

@@ -265,6 +265,37 @@ def test_cifar10_jpeg_folders_keep_class_labels(tmp_path):
     assert sorted(batch["label"].numpy().tolist()) == [3, 3, 8, 8]
 
 
+def test_imagefolder_labels_come_from_class_folders_and_words_txt(tmp_path):
+    root = tmp_path / "tiny"
+    for wnid, count in (("n02", 3), ("n01", 5)):
+        (root / "train" / wnid).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(photo(32, 32, seed=i + count)).save(root / "train" / wnid / f"{wnid}_{i}.JPEG", quality=95)
+    Image.fromarray(photo(32, 32)).save(root / "train" / "stray.png")
+    (root / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\tbullfrog, Rana catesbeiana\n")
+    manifest, log = make(tmp_path / "out", source=f"imagefolder:{root}", size=32, mode="resize", val_fraction=0.3)
+    assert manifest["label_names"] == ["goldfish", "bullfrog"]
+    records = read_split(tmp_path / "out", "train") + read_split(tmp_path / "out", "val")
+    labels = {r["source_id"].decode(): int(r["label"]) for r in records}
+    assert len(labels) == 8 and manifest["splits"]["val"]["images"] >= 1
+    assert all(label == (0 if name.startswith("train/n01/") else 1) for name, label in labels.items())
+    assert "stray.png" in log and "not inside a class folder" in log
+
+
+def test_imagefolder_without_a_split_folder_or_words_uses_folder_names(tmp_path):
+    for name in ("zebra", "apple"):
+        (tmp_path / "photos" / name / "deeper").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(photo(32, 32, seed=i)).save(tmp_path / "photos" / name / "deeper" / f"{i}.png")
+    plan = sources.plan(f"imagefolder:{tmp_path / 'photos'}", images_per_chunk=10)
+    assert plan.label_names == ["apple", "zebra"]
+    assert sorted(item[2] for chunk in plan.chunks for item in chunk.items) == [0, 0, 1, 1]
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(photo(32, 32)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(sources.SourceError, match="no class sub-folders"):
+        sources.plan(f"imagefolder:{tmp_path / 'flat'}", images_per_chunk=10)
+
+
 def test_tfds_offline_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "reachable", lambda host, **_: False)
     with pytest.raises(sources.SourceError, match="looks offline") as error:

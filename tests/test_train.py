@@ -219,7 +219,44 @@ def test_a_resumed_run_equals_one_that_never_stopped(tiny_shards, tmp_path):
     assert plugins["gen/total"] == plugins["val/psnr"] == plugins["lr/discriminator"] == "scalars"
     assert plugins["samples/gray_generated_real"] == "images"
     best = json.loads((stopped / "best" / "best.json").read_text())
-    assert best["val/l1"] == min(record["val/l1"] for record in records if "val/l1" in record)
+    # by default RUN/best is the checkpoint with the highest rebalanced AuC, not the lowest L1
+    assert best["val/auc_rebalanced"] == max(record["val/auc_rebalanced"] for record in records
+                                             if "val/auc_rebalanced" in record)  # fmt: skip
+    assert {"val/colorfulness", "val/colorfulness_truth"} <= set(best)
+
+
+def test_validation_metrics_agree_with_the_report_metrics():
+    from evaluate import metrics
+    from preprocess import color as color_lib
+    from train.loop import auc_bin_weights, colorfulness, rebalanced_auc
+
+    rng = np.random.default_rng(3)
+    real = rng.integers(0, 256, [2, 16, 16, 3]).astype(np.uint8)
+    fake = np.clip(real.astype(int) + rng.integers(-40, 40, real.shape), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(colorfulness(tf.constant(real)).numpy(),
+                               [color_lib.colorfulness(image) for image in real], rtol=1e-4)  # fmt: skip
+    prior = rng.integers(0, 1000, len(color_lib.ab_bins()))
+    prior[:5] = 0
+    _, real_color = color_lib.rgb_to_model(real)
+    _, fake_color = color_lib.rgb_to_model(fake)
+    ours = rebalanced_auc(real_color, fake_color, tf.constant(auc_bin_weights(prior))).numpy()
+    lab_real = color_lib.rgb_to_lab(real).numpy()
+    lab_fake = color_lib.rgb_to_lab(fake).numpy()
+    for i in range(2):
+        weights = metrics.rebalancing_weights(prior)[color_lib.nearest_bin(lab_real[i, ..., 1:]).numpy()]
+        expected = metrics.auc_ab(lab_real[i, ..., 1:], lab_fake[i, ..., 1:], weights)
+        assert ours[i] == pytest.approx(expected, abs=2e-3)
+    assert 0.0 < ours.min() and ours.max() < 1.0
+
+
+def test_best_by_ranks_each_metric_the_right_way():
+    from train.loop import selection_score
+
+    dull = {"val/l1": 0.05, "val/psnr": 26.0, "val/auc_rebalanced": 0.60}
+    vivid = {"val/l1": 0.07, "val/psnr": 24.0, "val/auc_rebalanced": 0.70}
+    assert selection_score(vivid, "auc_rebalanced") > selection_score(dull, "auc_rebalanced")
+    assert selection_score(dull, "psnr") > selection_score(vivid, "psnr")
+    assert selection_score(dull, "l1") > selection_score(vivid, "l1")
 
 
 def test_resume_keeps_the_model_and_allows_new_training_settings(tiny_shards, tmp_path):

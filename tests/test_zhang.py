@@ -266,3 +266,20 @@ def test_the_loops_checkpoint_restores_into_a_fresh_build(tmp_path):
     stored = tf.train.load_checkpoint(str(tmp_path / models.CHECKPOINT_DIR)).get_variable_to_shape_map()
     weights = [key for key in stored if "/.ATTRIBUTES/" in key and "optimizer" not in key and key.startswith("generator")]
     assert len(weights) == len(trained.variables)  # each weight once
+
+
+def test_make_evaluate_sweeps_the_decoding_temperature(shards_with_prior, tmp_path):
+    from evaluate.__main__ import main as evaluate_main
+
+    run = tmp_path / "run"
+    argv = ["--model=zhang", f"--data={shards_with_prior}", f"--run={run}", "--base_width=2", "--batch_size=4",
+            "--steps=2", "--val_batches=1"]  # fmt: skip
+    assert main(argv) == 0
+    assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--split=val", "--limit=3",
+                          "--temperatures=0.1,1", f"--out={tmp_path}", "--name=sweep"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
+    assert list(results["models"]) == ["baseline", "run@T=0.1", "run@T=1"]
+    cold, warm = (results["models"][name]["mean"] for name in ("run@T=0.1", "run@T=1"))
+    assert warm["mae_ab"] != cold["mae_ab"]  # each decoded at its own temperature
+    assert (tmp_path / "sweep" / "tradeoff.png").stat().st_size > 0
+    assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--temperatures=0,x"]) == 2

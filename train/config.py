@@ -43,6 +43,7 @@ class TrainConfig:
     sample_every: int = 1000  # steps between sample grids of the fixed validation batch
     checkpoint_every: int = 1000  # steps between checkpoints (also at every epoch end and the last step)
     keep_checkpoints: int = 3
+    best_by: Literal["auc_rebalanced", "psnr", "l1"] = "auc_rebalanced"  # what RUN/best keeps (see train/loop.py)
     val_batches: int = 20  # validation looks at most at this many batches of the val split
     sample_images: int = 8  # rows of the sample grid
     seed: int = 0

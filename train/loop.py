@@ -3,7 +3,7 @@ step, and the run folder (config, checkpoints, resume, logs, samples, NaN guard)
 
     RUN/config.json      model name, model config, training config (models.write_run_config)
     RUN/ckpt/            the last `keep_checkpoints` checkpoints, named by step
-    RUN/best/            the checkpoint with the lowest validation L1, and best.json
+    RUN/best/            the checkpoint with the best --best_by validation metric, and best.json
     RUN/logs/, RUN/metrics.jsonl, RUN/loss_curves.png, RUN/samples/   (train/summaries.py)
 
 Resume is exact: a checkpoint holds the step, weights, optimizer slots, dropout RNG state
@@ -11,9 +11,17 @@ and learning-rate state, and the batches of step s depend on s alone (epoch s //
 steps_per_epoch is read with seed + epoch, and the batches already used are skipped).
 With --deterministic a resumed run is bit-identical to one that never stopped.
 
-Validation metrics: `val/l1` is the mean |fake_color - real_color| in model scaling (as
-the generator's L1 loss; times 110 for Lab units), `val/psnr` the mean per-image PSNR in
-dB of the RGB images (the real one rebuilt from its L and ab, so only colour counts).
+Validation metrics, means over the validation images (the real RGB image is rebuilt from
+its L and ab, so only colour counts):
+    val/l1                  |fake_color - real_color| in model scaling (as the generator's L1
+                            loss; times 110 for Lab units)
+    val/psnr                PSNR in dB of the RGB images
+    val/auc_rebalanced      Zhang et al.'s (2016) class-rebalanced AuC of the ab error, in [0, 1]:
+                            each pixel weighted by 1 / the training prior of its true colour
+    val/colorfulness        Hasler and Suesstrunk (2003) of the output, and val/colorfulness_truth
+RUN/best keeps the checkpoint with the best `--best_by` metric: by default the rebalanced
+AuC, because L1 and PSNR rank the dullest checkpoint first (a brownish average is never
+far from any colour), while a rare, saturated colour must be right to count there.
 """
 
 from __future__ import annotations
@@ -145,9 +153,9 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
             "lr_scale": tf.Variable(1.0, trainable=False, name="lr_scale"),
             "plateau_best": tf.Variable(math.inf, trainable=False, name="plateau_best"),
             "plateau_wait": tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_wait"),
-            # the value behind RUN/best, kept apart so that unscheduled validations (the last step
-            # of a run) cannot change the plateau state, and a resumed run trains as an unbroken one
-            "best_val_l1": tf.Variable(math.inf, trainable=False, name="best_val_l1"),
+            # the --best_by value behind RUN/best, kept apart so that unscheduled validations (the last
+            # step of a run) cannot change the plateau state, and a resumed run trains as an unbroken one
+            "best_score": tf.Variable(-math.inf, trainable=False, name="best_score"),
         }
         optimizers = {}
         for name, network in networks.items():
@@ -205,28 +213,76 @@ def train_batches(train: TrainConfig, strategy: tf.distribute.Strategy, start: i
             step += 1
 
 
-def make_evaluate(generator: keras.Model, train: TrainConfig) -> Callable[[tf.data.Dataset], dict[str, float]]:
-    """A function val batches -> {"val/l1", "val/psnr"} (see the module docstring for units)."""
+# Validation metrics where higher is better; the others (val/l1) are negated for --best_by.
+HIGHER_IS_BETTER = {"val/psnr", "val/auc_rebalanced"}
+AUC_MAX_DISTANCE = 150  # Lab units: Zhang et al.'s thresholds t = 0, 1, ..., 150
+
+
+def colorfulness(rgb: tf.Tensor) -> tf.Tensor:
+    """Hasler and Suesstrunk (2003) of uint8 RGB [B, H, W, 3] -> [B]; as preprocess.color.colorfulness."""
+    rgb = tf.cast(rgb, tf.float32)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    mean_rg, var_rg = tf.nn.moments(rg, axes=[1, 2])
+    mean_yb, var_yb = tf.nn.moments(yb, axes=[1, 2])
+    return tf.sqrt(var_rg + var_yb) + 0.3 * tf.sqrt(tf.square(mean_rg) + tf.square(mean_yb))
+
+
+def rebalanced_auc(real_color: tf.Tensor, fake_color: tf.Tensor, bin_weights: tf.Tensor) -> tf.Tensor:
+    """Per-image rebalanced AuC [B] of colour maps [B, H, W, 2] (model scaling); bin_weights [Q].
+
+    As evaluate.metrics.auc_ab: a pixel at ab distance d passes 151 - ceil(d) of the
+    thresholds 0..150, weighted by the weight of its true colour's bin.
+    """
+    distance = tf.norm((fake_color - real_color) * color.AB_SCALE, axis=-1)  # [B, H, W] Lab units
+    passed = tf.clip_by_value(AUC_MAX_DISTANCE + 1.0 - tf.math.ceil(distance), 0.0, AUC_MAX_DISTANCE + 1.0)
+    weights = tf.gather(bin_weights, color.nearest_bin(real_color * color.AB_SCALE))  # [B, H, W]
+    return tf.reduce_sum(weights * passed, [1, 2]) / (tf.reduce_sum(weights, [1, 2]) * (AUC_MAX_DISTANCE + 1.0))
+
+
+def auc_bin_weights(ab_prior: np.ndarray | None) -> np.ndarray:
+    """1 / prior per ab bin (bins the prior never saw weigh as its rarest); uniform without a prior."""
+    if ab_prior is None:
+        return np.ones(len(color.ab_bins()), np.float32)
+    prior = np.asarray(ab_prior, np.float64) / max(1, np.sum(ab_prior))
+    return (1.0 / np.maximum(prior, prior[prior > 0].min())).astype(np.float32)
+
+
+def make_evaluate(generator: keras.Model, train: TrainConfig,
+                  ab_prior: np.ndarray | None = None) -> Callable[[tf.data.Dataset], dict[str, float]]:  # fmt: skip
+    """A function val batches -> the val/... metrics of the module docstring.
+
+    ab_prior: the training data's ab-bin pixel counts [Q] for the rebalanced AuC; without
+    one every pixel weighs the same (plain AuC).
+    """
+    bin_weights = tf.constant(auc_bin_weights(ab_prior))
 
     def errors(gray, real_color):
-        fake_color = generator(gray, training=False)
+        fake_color = tf.cast(generator(gray, training=False), tf.float32)
         l1 = tf.reduce_mean(tf.abs(fake_color - real_color), axis=[1, 2, 3])  # [B]
-        fake_rgb = tf.cast(color.model_to_rgb(gray, fake_color), tf.float32)
-        real_rgb = tf.cast(color.model_to_rgb(gray, real_color), tf.float32)
-        mse = tf.reduce_mean(tf.square(fake_rgb - real_rgb), axis=[1, 2, 3])  # [B]
+        fake_rgb = color.model_to_rgb(gray, fake_color)
+        real_rgb = color.model_to_rgb(gray, real_color)
+        mse = tf.reduce_mean(tf.square(tf.cast(fake_rgb, tf.float32) - tf.cast(real_rgb, tf.float32)), axis=[1, 2, 3])
         # identical images would give +inf; 1e-10 caps them at 148 dB
         psnr = 10.0 * tf.math.log(255.0**2 / tf.maximum(mse, 1e-10)) / tf.math.log(10.0)
-        return l1, psnr
+        return {"val/l1": l1, "val/psnr": psnr, "val/auc_rebalanced": rebalanced_auc(real_color, fake_color, bin_weights),
+                "val/colorfulness": colorfulness(fake_rgb), "val/colorfulness_truth": colorfulness(real_rgb)}  # fmt: skip
 
     if not train.eager:
         errors = tf.function(errors)
 
     def evaluate(batches: tf.data.Dataset) -> dict[str, float]:
-        l1, psnr = zip(*(errors(batch["gray"], batch["color"]) for batch in batches))
-        return {"val/l1": float(tf.reduce_mean(tf.concat(l1, 0))),
-                "val/psnr": float(tf.reduce_mean(tf.concat(psnr, 0)))}  # fmt: skip
+        per_batch = [errors(batch["gray"], batch["color"]) for batch in batches]
+        return {name: float(tf.reduce_mean(tf.concat([values[name] for values in per_batch], 0)))
+                for name in per_batch[0]}  # fmt: skip
 
     return evaluate
+
+
+def selection_score(val: dict[str, float], best_by: str) -> float:
+    """The --best_by metric of a validation, signed so that higher is better."""
+    name = f"val/{best_by}"
+    return val[name] if name in HIGHER_IS_BETTER else -val[name]
 
 
 def sample_rows(generator: keras.Model, gray: tf.Tensor, real_color: tf.Tensor) -> np.ndarray:
@@ -320,7 +376,7 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
         target.save(checkpoint_number=step)
 
     generator = training.networks["generator"]
-    evaluate = make_evaluate(generator, train)
+    evaluate = make_evaluate(generator, train, data.ab_prior)
     crop = train.crop_size or None
     val_batches = dataset.load(train.data, "val", train.batch_size, training=False, crop_size=crop)
     val_batches = val_batches.take(train.val_batches)
@@ -366,8 +422,9 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
                 # depend on where an earlier invocation of it stopped.
                 if scheduled_eval and train.lr_schedule == "plateau":
                     update_plateau(training.state, train, val["val/l1"])
-                if val["val/l1"] < float(training.state["best_val_l1"].numpy()):
-                    training.state["best_val_l1"].assign(val["val/l1"])
+                score = selection_score(val, train.best_by)
+                if score > float(training.state["best_score"].numpy()):
+                    training.state["best_score"].assign(score)
                     save(best_manager, step)
                     if chief:
                         (best_dir / BEST_FILE).write_text(json.dumps({"step": step, **val}) + "\n")
@@ -389,7 +446,7 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
     finally:
         progress.close()
         log.close()
-    print(f"done: step {total}; {_format(metrics)}; best val/l1 {float(training.state['best_val_l1'].numpy()):.4g} "
+    print(f"done: step {total}; {_format(metrics)}; best val/{train.best_by} {abs(float(training.state['best_score'].numpy())):.4g} "
           f"in {best_dir}")  # fmt: skip
     return metrics
 
