@@ -1,4 +1,4 @@
-"""The semantic-interpretability test (seed 004; Zhang et al.'s classification test).
+"""The semantic-interpretability test (Zhang et al. 2016's classification test).
 
 A small CNN, trained here on the colour tiles of a labelled shard folder (CIFAR-10), labels
 the truth, its grayscale version and each model's colorizations: colorizations that keep an

@@ -7,7 +7,7 @@
     tradeoff.png          PSNR against colourfulness per model (a temperature sweep as one line),
                           with the baseline and the truth's colourfulness for scale
     metrics_by_epoch.png  every metric against the training epoch, when the models are the
-                          checkpoints of one run (seed 003: pick the best epoch by looking)
+                          checkpoints of one run (GAN losses do not say which epoch is best: look)
 """
 
 from __future__ import annotations

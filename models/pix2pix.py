@@ -2,8 +2,9 @@
 
 The discriminator judges overlapping patches of (gray, colour) pairs, so it asks "is this
 colour plausible for this gray here" rather than "is this a colour photo". Training
-tricks from the seeds live in the config: L1 (or MSE, seed 001) weighted by 100,
-one-sided label smoothing 0.9 (seed 003), G trained twice per D step (seed 002).
+tricks live in the config: L1 weighted by 100 (Isola et al. 2017; or MSE, Iizuka et al.
+2016's loss), one-sided label smoothing 0.9 (Salimans et al. 2016, "Improved techniques
+for training GANs"), G trained twice per D step (Nazeri et al. 2018).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ class CGANConfig(unet.UNetConfig):
     disc_base_width: int = 64
     disc_norm: Literal["batch", "instance"] = "batch"
     lambda_l1: float = 100.0  # weight of the reconstruction term against the adversarial one
-    reconstruction: Literal["l1", "mse"] = "l1"  # mse: seed 001's variant
+    reconstruction: Literal["l1", "mse"] = "l1"  # mse: the squared error Iizuka et al. (2016) train on
     label_smoothing: float = 0.9  # target for real pairs in the D loss; fakes stay 0 (one-sided)
-    g_steps_per_d_step: int = 1  # seed 002 used 2 when D won too early
+    g_steps_per_d_step: int = 1  # Nazeri et al. (2018) used 2 when D won too early
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,4 +1,5 @@
-"""`regression`: the pix2pix U-Net trained on L1 or L2 alone, seed 001's CNN baseline.
+"""`regression`: the pix2pix U-Net trained on L1 or L2 alone: the regression
+baseline (Isola et al. 2017's "L1 only"; Iizuka et al. 2016 train on MSE).
 
 No discriminator: each pixel regresses to the mean of its plausible colours, which is why
 the results look desaturated next to `cgan`'s; that gap is what this baseline measures.

@@ -2,7 +2,7 @@
 
 Isola et al. (2017): 4x4 stride-2 convolutions, BatchNorm, LeakyReLU 0.2 on the way down,
 ReLU on the way up with dropout 0.5 in the first decoder blocks, a skip connection from
-each encoder block to its mirror, tanh out. Zhang & Li's seed 002 used 5x5 kernels.
+each encoder block to its mirror, tanh out. Nazeri et al. (2018) used 5x5 kernels.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class UNetConfig:
     depth: int = 8  # stride-2 encoder blocks; image sides must be multiples of 2**depth
     base_width: int = 64  # channels of the first block, doubling per block ...
     max_width: int = 512  # ... up to this
-    kernel_size: int = 4  # 5 as in seed 002
+    kernel_size: int = 4  # 5 as in Nazeri et al. (2018)
     dropout: float = 0.5
     dropout_blocks: int = 3  # decoder blocks nearest the bottleneck that use dropout
 

@@ -30,7 +30,7 @@ class TrainConfig:
     batch_size: int = 16  # global: split across replicas
     crop_size: int = 0  # random crops of this side (centre crops for validation); 0: whole tiles
     learning_rate: float = 2e-4  # generator (every network but the discriminators)
-    disc_learning_rate: float = 2e-4  # seed 003 gives D its own rate
+    disc_learning_rate: float = 2e-4  # D's own rate: Heusel et al. 2017's two time-scale rule
     beta_1: float = 0.5
     beta_2: float = 0.999
     lr_schedule: Literal["constant", "linear", "plateau"] = "constant"

@@ -294,7 +294,7 @@ def sample_rows(generator: keras.Model, gray: tf.Tensor, real_color: tf.Tensor) 
 
 
 def update_plateau(state: dict[str, tf.Variable], train: TrainConfig, val_l1: float) -> None:
-    """Reduce-on-plateau of the validation L1 (seed 001): lower both rates when it stops improving."""
+    """Reduce-on-plateau of the validation L1: lower both rates when it stops improving."""
     if val_l1 < float(state["plateau_best"].numpy()):
         state["plateau_best"].assign(val_l1)
         state["plateau_wait"].assign(0)

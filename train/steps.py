@@ -125,7 +125,7 @@ def cgan_step(config: CGANConfig) -> Step:
 
 
 def regression_step(config: RegressionConfig) -> Step:
-    """Seed 001's CNN baseline: the generator alone on L1 or MSE."""
+    """The regression baseline (Isola et al. 2017's "L1 only"): the generator alone on L1 or MSE."""
 
     def step(networks, optimizers, batch):
         generator, optimizer = networks["generator"], optimizers["generator"]

@@ -1,4 +1,4 @@
-"""The "which one is real?" test (Zhang et al. 2016, seed 003): pairs and answers.
+"""The "which one is real?" test (Zhang et al. 2016): pairs and answers.
 
 A trial shows one real colour photo and its colorization (made from the real photo's own
 L, so the two differ only in colour) in random left/right order. A person who picks the
