@@ -14,13 +14,14 @@ evaluate/report.py). Exit codes: 0 done, 2 bad settings.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the report
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -150,6 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--grid", type=int, default=8, help="photos in grid.png (default: 8)")
     add("--temperatures", default="", help="decode models that take a temperature (zhang) at each of these, "
         "e.g. 0.2,0.38,0.6,1: the PSNR / colourfulness trade-off in tradeoff.png")  # fmt: skip
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)
 
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make evaluate: {error}", file=sys.stderr)
         return 2
     out = args.out / (args.name or args.data.name)
-    images = tqdm(images, desc="make evaluate", unit="photo", total=args.limit or None)
+    images = tqdm(images, desc="make evaluate", unit="photo", total=args.limit or None, disable=None)  # a terminal only
     results = evaluate(evaluated, images, out, prior, classifier, args.grid, epochs or None)
     print((out / "metrics.md").read_text(), file=sys.stderr)
     print(f"report: {out} ({len(results['images'])} photos)", file=sys.stderr)

@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the log
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         default = getattr(defaults, field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
                             help=f"(default: {default})")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     settings = Settings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)})
     try:

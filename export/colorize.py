@@ -1,6 +1,9 @@
 """`colorize --model EXPORT_DIR --output DIR INPUT...` (also `python -m export.colorize`): colour photos.
 
-    colorize --model exports/cgan [--version N] [--size S] [--temperature T] [--format png|jpg] --output DIR INPUT...
+    colorize [--model exports/cgan] [--version N] [--size S] [--temperature T] [--format png|jpg] [--output DIR] INPUT...
+
+Without --model it uses the colorizer that ships with the project (export/pretrained/),
+and without --output it writes into ./colorized.
 
 INPUTs are files or folders (searched recursively for .jpg .jpeg .png .bmp .tif .tiff
 .webp); any size and mode: gray, RGB (taken as gray), RGBA, 16-bit, palette, CMYK. Each
@@ -21,12 +24,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the progress bar
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from export import PRETRAINED  # noqa: E402
 from export.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnusableImage, load_photo  # noqa: E402
 
 # zlib level 1: on a 12-megapixel photo 5x faster than Pillow's default 6, files about as large.
@@ -83,9 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("inputs", nargs="+", type=Path, metavar="INPUT", help="photos or folders of photos")
-    add("--model", required=True, type=Path, help="exports/<name> (its newest version) or exports/<name>/<version>")
+    add("--model", type=Path, default=PRETRAINED,
+        help="exports/<name> (its newest version) or exports/<name>/<version> (default: the shipped colorizer)")
     add("--version", type=int, default=None, help="the export version (default: the newest)")
-    add("--output", required=True, type=Path, help="folder for the results")
+    add("--output", type=Path, default=Path("colorized"), help="folder for the results (default: colorized)")
     add(
         "--size",
         type=int,
@@ -100,6 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse larger photos (default: {DEFAULT_MAX_PIXELS:,})",
     )
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.size is not None and args.size < 1 or args.temperature is not None and args.temperature <= 0:
         parser.error("--size and --temperature must be positive")

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the report
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 from preprocess.images import DEFAULT_MAX_PIXELS  # noqa: E402
 from preprocess.tiles import MODES  # noqa: E402
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--overwrite", action="store_true", help="replace shards already in OUT")
     add("--tfds-dir", default=None, help="TFDS data folder (default: TFDS's own, ~/tensorflow_datasets)")
     add("--contact-sheet", default=None, metavar="PNG", help="also write a PNG of some tiles (gray | colour)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)  # fmt: skip
 
 

@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # before anything imports TensorFlow: a benchmark's report stays readable
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -223,6 +226,51 @@ def test_a_resumed_run_equals_one_that_never_stopped(tiny_shards, tmp_path):
     assert best["val/auc_rebalanced"] == max(record["val/auc_rebalanced"] for record in records
                                              if "val/auc_rebalanced" in record)  # fmt: skip
     assert {"val/colorfulness", "val/colorfulness_truth"} <= set(best)
+
+
+TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |cuInit|oneDNN|absl::InitializeLog", re.M)
+
+
+def _train_process(data: Path, run: Path, *extra: str) -> subprocess.Popen:
+    # pipes, not a terminal: what `make train > log` sees
+    return subprocess.Popen([sys.executable, "-m", "train", *_args(data, run, *extra)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_current_step_and_the_same_command_resumes_there(signal_number, tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    # 10 steps per epoch (a checkpoint at each epoch end), none other scheduled
+    process = _train_process(tiny_shards, run, "--steps=10000", "--checkpoint_every=10000",
+                             "--eval_every=10000", "--sample_every=10000", "--log_every=1", "--val_batches=1")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal_number)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal_number, err
+    match = re.search(rf"make train: {signal.Signals(signal_number).name}: stopped at step (\d+) of 10000 and saved it in "
+                      rf"(\S+); the same command resumes from there", err)  # fmt: skip
+    assert match, err
+    step = int(match.group(1))
+    assert match.group(2) == str(run / "ckpt" / f"ckpt-{step}")
+    assert tf.train.latest_checkpoint(run / "ckpt") == match.group(2)
+    assert int(tf.train.load_checkpoint(match.group(2)).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+    # plain output: no TensorFlow log lines, no progress-bar redraws in a pipe
+    assert not TF_LOG_LINE.search(err), err
+    assert "\r" not in out + err
+    if signal_number == signal.SIGINT:
+        return  # the resume is the same for both signals: once is enough
+
+    resumed = subprocess.run([sys.executable, "-m", "train", f"--run={run}", f"--steps={step + 2}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} at step {step} of {step + 2}" in resumed.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "gen/total" in record][-2:] == [step + 1, step + 2]
 
 
 def test_validation_metrics_agree_with_the_report_metrics():

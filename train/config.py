@@ -5,7 +5,8 @@
 Keys are `--model`, `--preset` and the fields of TrainConfig and of the model's config
 dataclass (see models/). A bool field also takes the bare `--flag` for true. A run folder
 that already has a config.json is resumed: its saved settings are the base, training
-settings may change (more steps, other intervals), model settings may not.
+settings may change (more steps, other intervals), model settings may not. `--verbose`
+shows TensorFlow's own log lines.
 """
 
 from __future__ import annotations

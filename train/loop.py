@@ -9,7 +9,9 @@ step, and the run folder (config, checkpoints, resume, logs, samples, NaN guard)
 Resume is exact: a checkpoint holds the step, weights, optimizer slots, dropout RNG state
 and learning-rate state, and the batches of step s depend on s alone (epoch s //
 steps_per_epoch is read with seed + epoch, and the batches already used are skipped).
-With --deterministic a resumed run is bit-identical to one that never stopped.
+With --deterministic a resumed run is bit-identical to one that never stopped. Ctrl-C or
+SIGTERM (what a preempted cloud VM gets) stops training after the current step with a
+checkpoint of that step, so nothing since the last scheduled checkpoint is lost.
 
 Validation metrics, means over the validation images (the real RGB image is rebuilt from
 its L and ab, so only colour counts):
@@ -30,7 +32,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -55,6 +59,39 @@ class Diverged(RuntimeError):
     """A loss or weight became NaN/Inf; nothing of that step was saved."""
 
 
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a step, and a checkpoint of that step was saved."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
+    """SIGINT (Ctrl-C) and SIGTERM become a request, the list yielded gets the signal's number.
+
+    The loop finishes the step it is in and saves it: a signal that interrupted a step
+    half-way (KeyboardInterrupt between the update and the step counter) would leave
+    nothing consistent to save. A second Ctrl-C interrupts at once, without saving.
+    """
+    requested: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+
+    def handle(number: int, _frame) -> None:
+        requested.append(number)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """default: one device; mirrored: every local GPU (else the CPU); multi_worker: TF_CONFIG's cluster."""
     if name == "mirrored":
@@ -64,10 +101,15 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def _cluster(strategy: tf.distribute.Strategy) -> dict:
+    resolver = strategy.cluster_resolver
+    return resolver.cluster_spec().as_dict() if resolver else {}
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run folder (the only process, or worker 0 / the chief)."""
     resolver = strategy.cluster_resolver
-    cluster = resolver.cluster_spec().as_dict() if resolver else {}
+    cluster = _cluster(strategy)
     if not cluster:
         return True
     if "chief" in cluster:
@@ -336,14 +378,18 @@ def run(settings: Settings, strategy: tf.distribute.Strategy | None = None) -> d
     """Train (or resume) the run described by `settings`; returns the last metrics logged.
 
     `strategy` replaces the one --strategy names (tests, notebooks). Raises Diverged when
-    a loss or weight becomes NaN/Inf (the checkpoints on disk are all from before), and
+    a loss or weight becomes NaN/Inf (the checkpoints on disk are all from before),
+    Interrupted after SIGINT or SIGTERM (with a checkpoint of the current step saved), and
     ConfigError when the run folder's checkpoint does not fit.
     """
-    with runtime(settings.train):
-        return _run(settings, strategy or make_strategy(settings.train.strategy))
+    strategy = strategy or make_strategy(settings.train.strategy)
+    # Workers of a cluster save together; one worker stopping alone on its own signal would
+    # leave the others waiting in that save, so a cluster keeps the default handlers.
+    with runtime(settings.train), stop_requests(enabled=not _cluster(strategy)) as requested:
+        return _run(settings, strategy, requested)
 
 
-def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, float]:
+def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[int]) -> dict[str, float]:
     train = settings.train
     run_dir = Path(train.run)
     chief = is_chief(strategy)
@@ -386,7 +432,9 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
     interval, epoch = _Means(), _Means()
     metrics: dict[str, float] = {}
     interval_start, started = time.perf_counter(), time.perf_counter()
-    progress = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not chief,
+    # A bar only on a terminal (disable=None): in a log file its redraws would be thousands of
+    # lines; there the epoch lines below are the record.
+    progress = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None if chief else True,
                     desc=f"{settings.model} {run_dir.name}")  # fmt: skip
     if start:
         progress.write(f"resuming {run_dir} at step {start} of {total}")
@@ -435,7 +483,7 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
             if step % train.sample_every == 0 or final:
                 log.samples(step, sample_rows(generator, fixed["gray"], fixed["color"]))
 
-            if step % train.checkpoint_every == 0 or epoch_end or final:
+            if step % train.checkpoint_every == 0 or epoch_end or final or requested:
                 save(manager, step)
 
             if epoch_end:
@@ -443,6 +491,11 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy) -> dict[str, floa
                 rates = {f"lr/{name}": float(opt.learning_rate) for name, opt in training.optimizers.items()}
                 progress.write(f"epoch {step // per_epoch}/{math.ceil(total / per_epoch)} (step {step}/{total}, "
                                f"{minutes:.1f} min): {_format({**epoch.pop(), **val, **rates})}")  # fmt: skip
+
+            if requested and not final:
+                name = signal.Signals(requested[0]).name
+                raise Interrupted(f"{name}: stopped at step {step} of {total} and saved it in {manager.latest_checkpoint}; "
+                                  f"the same command resumes from there", requested[0])  # fmt: skip
     finally:
         progress.close()
         log.close()
