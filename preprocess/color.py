@@ -131,10 +131,12 @@ def ab_bins() -> np.ndarray:
     """
     levels = np.arange(256, dtype=np.uint8)
     reached = np.zeros(len(_grid_centres()) ** 2, bool)
-    for reds in np.split(levels, 16):  # 16 slices of 2**20 colours keep memory small
-        rgb = np.stack(np.meshgrid(reds, levels, levels, indexing="ij"), axis=-1)
-        ab = rgb_to_lab(rgb)[..., 1:].numpy()
-        reached |= np.bincount(_grid_index(ab).ravel(), minlength=reached.size) > 0
+    # Eagerly even when the first caller is being traced (a tf.function or tf.data map).
+    with tf.init_scope():
+        for reds in np.split(levels, 16):  # 16 slices of 2**20 colours keep memory small
+            rgb = np.stack(np.meshgrid(reds, levels, levels, indexing="ij"), axis=-1)
+            ab = rgb_to_lab(rgb)[..., 1:].numpy()
+            reached |= np.bincount(_grid_index(ab).ravel(), minlength=reached.size) > 0
     centres = _grid_centres()
     grid = np.stack(np.meshgrid(centres, centres, indexing="ij"), axis=-1).reshape(-1, 2)
     return grid[reached].astype(np.float32)
