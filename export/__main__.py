@@ -118,6 +118,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             "model_config": dataclasses.asdict(saved.model_config),
             "working_size": size,
             "stride": saved.model_config.stride,
+            "max_pixels": savedmodel.MAX_PIXELS,  # colorize_image refuses larger photos
             "temperature": temperature,
             "run": str(run.resolve()),
             "checkpoint": checkpoint,

@@ -17,7 +17,8 @@ Signatures (the names are the keys of TF Serving requests and answers; see the R
     colorize_image    image_bytes string [N] (JPEG/PNG/GIF/BMP)        -> png_bytes string [N]
     colorize_at_size  image uint8 [N, H, W, 3], working_size int32 []  -> rgb uint8 [N, H, W, 3]
 A model whose config has a `temperature` field (zhang) decodes its colour with one, and each
-signature then also takes `temperature` float32 [N].
+signature then also takes `temperature` float32 [N]. `colorize_image` refuses a photo of more
+than MAX_PIXELS pixels, read from its header, before decoding it (see `header_pixels`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ SERVING_DEFAULT = "serving_default"
 COLORIZE_IMAGE = "colorize_image"
 COLORIZE_AT_SIZE = "colorize_at_size"
 OUTPUTS = {SERVING_DEFAULT: "rgb", COLORIZE_IMAGE: "png_bytes", COLORIZE_AT_SIZE: "rgb"}
+
+# The largest photo `colorize_image` decodes (export.json's "max_pixels"). A PNG of a
+# billion black pixels is a few hundred KiB, and decoding it would take 3 GB before the
+# model saw it; 100 megapixels (a large scan) need about 1 GB of decoded, stripe and
+# output tensors in TF Serving.
+MAX_PIXELS = 100_000_000
 
 
 def has_temperature(model_config: object) -> bool:
@@ -150,13 +157,51 @@ def colorize_pixels(
     return rgb[:, :height]
 
 
-def decode_rgb(data: tf.Tensor) -> tf.Tensor:
+def header_size(data: tf.Tensor) -> tf.Tensor:
+    """int64 [2] (height, width) of encoded JPEG/PNG/GIF/BMP bytes (scalar string), from its header alone.
+
+    [0, 0] for other bytes, which the decoder then refuses with its own error. GIF gives its
+    logical screen, the canvas every frame is drawn on; BMP's height is negative for
+    top-down rows.
+    """
+    # The first 32 bytes, zero-padded, so that a truncated header reads as zeros instead of failing here.
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 32), tf.constant(bytes(32))]), 0, 32)
+    octets = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)  # [32]
+
+    def number(start: int, length: int, big_endian: bool) -> tf.Tensor:
+        weights = [256**i for i in range(length)]
+        return tf.reduce_sum(octets[start : start + length] * tf.constant(weights[::-1] if big_endian else weights, tf.int64))
+
+    def signed32(value: tf.Tensor) -> tf.Tensor:
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    magic = tf.strings.substr(head, 0, 4)
+    png = lambda: tf.stack([number(20, 4, True), number(16, 4, True)])  # IHDR: width, height  # noqa: E731
+    gif = lambda: tf.stack([number(8, 2, False), number(6, 2, False)])  # noqa: E731
+    bmp = lambda: tf.stack([signed32(number(22, 4, False)), signed32(number(18, 4, False))])  # noqa: E731
+    jpeg = lambda: tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)  # reads the frame header  # noqa: E731
+    return tf.case([(tf.equal(magic, b"\x89PNG"), png), (tf.equal(tf.strings.substr(magic, 0, 3), b"GIF"), gif),
+                    (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+                    (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg)],
+                   default=lambda: tf.zeros([2], tf.int64))  # fmt: skip
+
+
+def decode_rgb(data: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes (scalar string) -> uint8 RGB [H, W, 3].
 
     Any mode: gray is repeated, 16-bit is scaled to 8, CMYK JPEGs are converted (by the
-    decoder), transparency is composited over white as a viewer shows it.
+    decoder), transparency is composited over white as a viewer shows it. An image of
+    more than `max_pixels` pixels raises InvalidArgumentError (TF Serving: HTTP 400)
+    before any pixel is decoded.
     """
-    image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)  # [H, W, 1..4]
+    size = header_size(data)
+    fits = tf.debugging.Assert(
+        size[0] * size[1] <= max_pixels,
+        [tf.strings.format("image of {} x {} pixels is more than the {} pixels this export decodes (max_pixels in "
+                           "assets.extra/export.json)", (size[1], size[0], max_pixels))],  # fmt: skip
+    )
+    with tf.control_dependencies([fits]):
+        image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)  # [H, W, 1..4]
     channels = tf.shape(image)[-1]
     base = tf.cond(channels >= 3, lambda: image[..., :3], lambda: tf.repeat(image[..., :1], 3, axis=-1))
 
@@ -179,7 +224,8 @@ def input_specs(temperature: bool) -> dict[str, list[tf.TensorSpec]]:
     }  # fmt: skip
 
 
-def _signature_functions(generator: keras.Model, working_size: int, stride: int) -> dict[str, Callable]:
+def _signature_functions(generator: keras.Model, working_size: int, stride: int,
+                         max_pixels: int) -> dict[str, Callable]:  # fmt: skip
     """signature name -> its function (inputs as in `input_specs`, a dict of outputs)."""
 
     def serving_default(gray: tf.Tensor, *temperature: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -188,7 +234,7 @@ def _signature_functions(generator: keras.Model, working_size: int, stride: int)
     def colorize_image(image_bytes: tf.Tensor, *temperature: tf.Tensor) -> dict[str, tf.Tensor]:
         def one(args: tuple) -> tf.Tensor:
             data, *per_image = args
-            rgb = colorize_pixels(generator, decode_rgb(data)[None], working_size, stride,
+            rgb = colorize_pixels(generator, decode_rgb(data, max_pixels)[None], working_size, stride,
                                   *[value[None] for value in per_image])  # fmt: skip
             return tf.io.encode_png(rgb[0])
 
@@ -201,13 +247,14 @@ def _signature_functions(generator: keras.Model, working_size: int, stride: int)
     return {SERVING_DEFAULT: serving_default, COLORIZE_IMAGE: colorize_image, COLORIZE_AT_SIZE: colorize_at_size}
 
 
-def write(generator: keras.Model, path: str | Path, working_size: int, stride: int, temperature: bool) -> None:
+def write(generator: keras.Model, path: str | Path, working_size: int, stride: int, temperature: bool,
+          max_pixels: int = MAX_PIXELS) -> None:  # fmt: skip
     """Write the SavedModel with every signature into `path` (which must not exist yet)."""
     archive = keras.export.ExportArchive()
     # No archive.track(generator): the endpoints capture its variables, and tracking them too
     # stores every weight twice (keras-team/keras#23553: twice the size, twice the memory
     # in TF Serving).
-    functions = _signature_functions(generator, working_size, stride)
+    functions = _signature_functions(generator, working_size, stride, max_pixels)
     for name, specs in input_specs(temperature).items():
         archive.add_endpoint(name, functions[name], input_signature=specs)
     archive.write_out(str(path), verbose=False)

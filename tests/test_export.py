@@ -7,9 +7,12 @@ import base64
 import dataclasses
 import io
 import json
+import resource
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -248,6 +251,40 @@ def test_decode_rgb_reads_every_mode_as_a_viewer_shows_it(mode, tmp_path):
 
 # ---------------------------------------------------------------------------------------
 # The export
+
+
+def huge_png(height: int, width: int) -> bytes:
+    """A valid 1-bit gray PNG, all black: a few hundred bytes per million pixels, an image bomb."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_colorize_image_refuses_a_photo_over_the_pixel_limit_before_decoding_it(exported):
+    export_dir, _ = exported
+    assert json.loads((export_dir / INFO_FILE).read_text())["max_pixels"] == savedmodel.MAX_PIXELS == 100_000_000
+    bomb = huge_png(30_000, 30_000)  # 900 megapixels: 0.9 GB decoded as gray, 2.7 GB as RGB
+    assert len(bomb) < 200_000
+    signature = tf.saved_model.load(str(export_dir)).signatures[savedmodel.COLORIZE_IMAGE]
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image of 30000 x 30000 pixels is more than the 100000000 pixels this export decodes \(max_pixels in"):  # fmt: skip
+        signature(image_bytes=tf.constant([bomb]))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 300 * 1024  # nothing decoded
+    # the header is read the same way for every format the signature takes
+    for image_format in ["PNG", "GIF", "BMP", "JPEG"]:
+        size = savedmodel.header_size(tf.constant(encode(photo(37, 53), image_format))).numpy()
+        assert size.tolist() == [37, 53], image_format
+    assert savedmodel.header_size(tf.constant(b"GI")).numpy().tolist() == [0, 0]  # truncated: the decoder's error
+    assert huge_png(3, 5)[:8] == encode(np.zeros([3, 5], np.uint8))[:8]
+    small = tf.io.decode_png(huge_png(3, 5)).numpy()
+    assert small.shape == (3, 5, 1) and not small.any()
 
 
 def test_export_writes_a_checked_version_with_serving_files(exported):
