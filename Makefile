@@ -20,6 +20,15 @@ RUN ?= runs/$(MODEL)
 STEPS ?=
 EPOCHS ?=
 
+# make bench PEER_SRC=... PEER_PYTHON=...: the project side by side with the PyTorch
+# references instead of its own benchmarks (train/peer_bench.py). PEER_SRC holds clones of
+# junyanz/pytorch-CycleGAN-and-pix2pix (as pix2pix/) and richzhang/colorization (as
+# colorization/); PEER_PYTHON is a Python with torch, numpy and IPython; PEER_BENCH is the
+# script that times the references (default ../shared/peer/bench_peer.py).
+PEER_SRC ?=
+PEER_PYTHON ?=
+PEER_BENCH ?=
+
 # make export / serve / evaluate
 VERSION ?=
 SERVING_URL ?=
@@ -38,6 +47,8 @@ help:
 	@echo "make evaluate RUN=runs/<name> DATA=<shards or photos> [EXPORT=exports/<name>] [ARGS=...]"
 	@echo "make classifier DATA=<CIFAR-10 shards>  the classifier of the semantic-interpretability metric"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
+	@echo "make bench PEER_SRC=... PEER_PYTHON=... [PEER_BENCH=...] [ARGS='--rounds=3 --iters=5 ...']"
+	@echo "                          side by side with the PyTorch references, into BENCHMARKS.md"
 
 $(READY): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +103,10 @@ test: $(READY)
 	$(PY) -m pytest -q -n 2 --dist=loadfile
 
 bench: $(READY)
+ifneq ($(PEER_SRC)$(PEER_PYTHON),)
+	$(PY) -m train.peer_bench --peer-src='$(PEER_SRC)' --peer-python='$(PEER_PYTHON)' \
+		$(if $(PEER_BENCH),--peer-bench='$(PEER_BENCH)') $(ARGS)
+else
 	$(PY) -m preprocess.bench
 	$(PY) -m train.bench
 	$(PY) -m train.bench --model=zhang
@@ -99,6 +114,7 @@ bench: $(READY)
 	$(PY) -m export.bench
 	$(PY) -m export.bench --model=zhang
 	$(PY) -m export.bench --model=iizuka
+endif
 
 clean:
 	rm -rf demo .pytest_cache

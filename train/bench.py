@@ -9,6 +9,7 @@ Each configuration runs in a fresh process, so that its peak resident memory is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import resource
@@ -16,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from preprocess.console import quiet_tensorflow  # noqa: E402
 
@@ -26,8 +29,10 @@ CONFIGS = [(32, 64), (256, 1), (256, 4)]  # (size, batch)
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
-def time_steps(model: str, size: int, batch: int, precision: str, seconds: float) -> dict:
-    """Builds `model` at its preset for `size` and times train steps for about `seconds`."""
+@contextlib.contextmanager
+def synthetic_training(model: str, size: int, batch: int, precision: str) -> Iterator[tuple[Any, dict]]:
+    """`model` at its preset for `size`, built as `python -m train` builds it under `precision`,
+    and a synthetic batch: yields (train.loop.Training, batch dict) inside the run's runtime."""
     import tensorflow as tf
 
     import models
@@ -47,11 +52,16 @@ def time_steps(model: str, size: int, batch: int, precision: str, seconds: float
     with loop.runtime(train):
         training = loop.build(model, config, train, data=TrainingData.from_manifest(manifest))
         rng = tf.random.Generator.from_seed(0)
-        batch_data = {
+        yield training, {
             "gray": rng.uniform([batch, size, size, 1], -1, 1),
             "color": rng.uniform([batch, size, size, 2], -0.5, 0.5),
             "label": tf.zeros([batch], tf.int64),
         }
+
+
+def time_steps(model: str, size: int, batch: int, precision: str, seconds: float) -> dict:
+    """Builds `model` at its preset for `size` and times train steps for about `seconds`."""
+    with synthetic_training(model, size, batch, precision) as (training, batch_data):
         for _ in range(2):  # trace, compile, warm the allocator
             float(training.train_step(batch_data)[0]["gen/total"])
         steps, started = 0, time.perf_counter()
@@ -76,8 +86,9 @@ def reader_images_per_second(size: int, batch: int) -> float:
         return batch * reader_batches_per_second(Path(scratch) / "shards", batch, batches=max(20, 2000 // batch))
 
 
-def run_one(args: list[str]) -> dict:
-    command = [sys.executable, "-m", "train.bench", "--one", *args]
+def run_one(args: list[str], module: str = "train.bench") -> dict:
+    """The JSON result of `python -m module --one ARGS` (a fresh process: its own memory and threads)."""
+    command = [sys.executable, "-m", module, "--one", *args]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
