@@ -151,6 +151,9 @@ def _grid_to_bin() -> np.ndarray:
     return np.argmin(((grid[:, None, :] - bins[None, :, :]) ** 2).sum(-1), axis=1).astype(np.int32)
 
 
+# Plain TF ops: AutoGraph has nothing to convert, and converting the cached table's builder
+# inside a traced caller fails (functools.cache wrappers confuse it).
+@tf.autograph.experimental.do_not_convert
 def nearest_bin(ab: tf.Tensor) -> tf.Tensor:
     """ab [..., 2] in Lab units -> int32 index [...] of the nearest in-gamut bin."""
     n = len(_grid_centres())

@@ -114,7 +114,8 @@ def _chunked(reader: str, items: list, group: str, size: int) -> list[Chunk]:
     return [Chunk(reader, tuple(items[i * size : (i + 1) * size]), group, i, count) for i in range(count)]
 
 
-def _plan_samples(images_per_chunk: int) -> Plan:
+def sample_photos() -> dict[str, Path]:
+    """The sample colour photos installed here, by source id ("skimage/chelsea.png", ...)."""
     import skimage.data
     import sklearn.datasets
 
@@ -122,12 +123,12 @@ def _plan_samples(images_per_chunk: int) -> Plan:
         "skimage": (Path(skimage.data.__file__).parent, SKIMAGE_PHOTOS),
         "sklearn": (Path(sklearn.datasets.__file__).parent / "images", SKLEARN_PHOTOS),
     }
-    items = [
-        (f"{package}/{name}", str(folder / name), NO_LABEL)
-        for package, (folder, names) in folders.items()
-        for name in names
-        if (folder / name).is_file()
-    ]
+    return {f"{package}/{name}": folder / name for package, (folder, names) in folders.items() for name in names
+            if (folder / name).is_file()}  # fmt: skip
+
+
+def _plan_samples(images_per_chunk: int) -> Plan:
+    items = [(source_id, str(path), NO_LABEL) for source_id, path in sample_photos().items()]
     if not items:
         raise SourceError("samples: neither scikit-image nor scikit-learn ships its sample photos here")
     return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items))
@@ -172,15 +173,19 @@ def _plan_imagefolder(root: Path, images_per_chunk: int) -> Plan:
     """Class sub-folders as labels: PATH/<class>/** or PATH/{train,val,test}/<class>/**.
 
     Labels number the class folders in sorted order (as torchvision and TFDS do). A
-    words.txt (lines "<folder>\t<name>, <synonym>, ...") beside the class folders or in
-    PATH gives readable names; the first synonym is kept.
+    words.txt (lines "<folder>\t<name>, <synonym>, ...") beside the class folders, in PATH
+    or in its parent (the official Tiny ImageNet zip, used as imagefolder:.../train) gives
+    readable names; the first synonym is kept.
     """
     spec = f"imagefolder:{root}"
     _require_folder(root, spec)
     subfolders = sorted(path.name for path in root.iterdir() if path.is_dir())
     split_folders = [name for name in subfolders if name in IMAGEFOLDER_SPLITS]
     splits = [(root / name, IMAGEFOLDER_SPLITS[name]) for name in split_folders] or [(root, "trainval")]
-    classes = sorted({path.name for folder, _ in splits for path in folder.iterdir() if path.is_dir()})
+    # The train split's folders define the classes when there is one: the official Tiny
+    # ImageNet zip has val/images/, a folder of unlabelled photos, not a class.
+    defining = [folder for folder, group in splits if group == "trainval"] or [folder for folder, _ in splits]
+    classes = sorted({path.name for folder in defining for path in folder.iterdir() if path.is_dir()})
     if not classes:
         raise SourceError(f"{spec}: no class sub-folders; expected PATH/<class>/*.jpg or PATH/train/<class>/*.jpg "
                           "(use folder:PATH for photos without classes)")  # fmt: skip
@@ -195,9 +200,13 @@ def _plan_imagefolder(root: Path, images_per_chunk: int) -> Plan:
                           for path in list_images(folder / class_name, skipped)]  # fmt: skip
         loose = [path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [{"source": str(path), "reason": "not inside a class folder: no label"} for path in sorted(loose)]
+        strays = sorted(path for path in folder.iterdir() if path.is_dir() and path.name not in classes)
+        skipped += [{"source": str(path), "reason": "not a class folder of the train split: no label"}
+                    for path in strays]  # fmt: skip
         chunks += _chunked("files", items, group, images_per_chunk)
         images += len(items)
-    return Plan(chunks, images, _class_names(classes, [root, *(folder for folder, _ in splits)]), skipped)
+    places = [*(folder for folder, _ in splits), root, root.parent]
+    return Plan(chunks, images, _class_names(classes, places), skipped)
 
 
 def _class_names(folders: list[str], places: list[Path]) -> list[str]:

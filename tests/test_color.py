@@ -132,7 +132,8 @@ def test_colorfulness_worked_by_hand(rgb, expected):
 def test_the_bins_can_first_be_asked_for_inside_a_traced_function():
     """ab_bins is computed once per process; a validation step may be the first to ask."""
     code = ("import tensorflow as tf\nfrom preprocess import color\n"
-            "print(int(tf.function(color.nearest_bin)(tf.zeros([1, 2])).numpy()[0]))")  # fmt: skip
+            "def caller(ab):\n    return color.nearest_bin(ab * 1.0)\n"
+            "print(int(tf.function(lambda ab: caller(ab))(tf.zeros([1, 2])).numpy()[0]))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[-1]) == int(color.nearest_bin(tf.zeros([1, 2])).numpy()[0])

@@ -272,6 +272,8 @@ def test_imagefolder_labels_come_from_class_folders_and_words_txt(tmp_path):
         for i in range(count):
             Image.fromarray(photo(32, 32, seed=i + count)).save(root / "train" / wnid / f"{wnid}_{i}.JPEG", quality=95)
     Image.fromarray(photo(32, 32)).save(root / "train" / "stray.png")
+    (root / "val" / "images").mkdir(parents=True)  # the official zip's unlabelled validation photos
+    Image.fromarray(photo(32, 32)).save(root / "val" / "images" / "val_0.JPEG")
     (root / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\tbullfrog, Rana catesbeiana\n")
     manifest, log = make(tmp_path / "out", source=f"imagefolder:{root}", size=32, mode="resize", val_fraction=0.3)
     assert manifest["label_names"] == ["goldfish", "bullfrog"]
@@ -280,6 +282,7 @@ def test_imagefolder_labels_come_from_class_folders_and_words_txt(tmp_path):
     assert len(labels) == 8 and manifest["splits"]["val"]["images"] >= 1
     assert all(label == (0 if name.startswith("train/n01/") else 1) for name, label in labels.items())
     assert "stray.png" in log and "not inside a class folder" in log
+    assert "val/images: not a class folder of the train split" in log
 
 
 def test_imagefolder_without_a_split_folder_or_words_uses_folder_names(tmp_path):
