@@ -64,11 +64,13 @@ def folder_images(root: Path) -> Iterator[tuple[str, np.ndarray, int]]:
         print(f"skipped {skip['source']}: {skip['reason']}", file=sys.stderr)
 
 
-def checkpoint_models(run: Path, which: str, temperatures: list[float] = ()) -> tuple[dict[str, Model], dict[str, float]]:
+def checkpoint_models(run: Path, which: str, temperatures: list[float] = (),
+                      rebalances: list[float] = ()) -> tuple[dict[str, Model], dict[str, float]]:  # fmt: skip
     """The run's checkpoints as models, and each one's epoch when `which` is "all".
 
     A model that decodes with a temperature (zhang) is evaluated at each of `temperatures`
-    as "name@T=t", or at its own when none are given.
+    as "name@T=t", and at each of `rebalances` (its --decode_rebalance) as "name@r=r,T=t";
+    at its own settings when none are given.
     """
     saved = models.read_run_config(run)
     size = models.working_size(saved)
@@ -85,13 +87,16 @@ def checkpoint_models(run: Path, which: str, temperatures: list[float] = ()) -> 
     for path in paths:
         generator = models.build_from_run(run, path)["generator"]
         name = run.name if which != "all" else f"{run.name}@{Path(path).name.split('-')[-1]}"
-        if temperatures and hasattr(saved.model_config, "temperature"):
-            found.update({f"{name}@T={t:g}": _colorizer(generator, size, stride, t) for t in temperatures})
+        if (temperatures or rebalances) and hasattr(saved.model_config, "temperature"):
+            for rebalance in rebalances or [None]:
+                for t in temperatures or [saved.model_config.temperature]:
+                    key = f"{name}@T={t:g}" if rebalance is None else f"{name}@r={rebalance:g},T={t:g}"
+                    found[key] = _colorizer(generator, size, stride, t, rebalance)
         else:
             found[name] = _colorizer(generator, size, stride)
         if which == "all" and per_epoch:
             epochs.update({key: int(Path(path).name.split("-")[-1]) / per_epoch for key in found
-                           if key == name or key.startswith(f"{name}@T=")})  # fmt: skip
+                           if key == name or key.startswith(f"{name}@")})  # fmt: skip
     return found, epochs
 
 
@@ -103,8 +108,11 @@ def steps_per_epoch(saved: models.SavedRun) -> int:
         return 0
 
 
-def _colorizer(generator, size: int, stride: int, temperature: float | None = None) -> Model:
+def _colorizer(generator, size: int, stride: int, temperature: float | None = None,
+               rebalance: float | None = None) -> Model:  # fmt: skip
     def colorize(pixels):
+        if rebalance is not None:
+            generator.decode_rebalance = rebalance  # read when traced: each colorizer traces its own
         if temperature is None:
             return colorize_pixels(generator, pixels, size, stride)
         return colorize_pixels(generator, pixels, size, stride, tf.fill(tf.shape(pixels)[:1], temperature))
@@ -114,14 +122,14 @@ def _colorizer(generator, size: int, stride: int, temperature: float | None = No
     return lambda rgb: run(tf.constant(rgb[None]))[0].numpy()
 
 
-def parse_temperatures(text: str) -> list[float]:
-    """"0.2,0.38,1" -> [0.2, 0.38, 1.0]; each must be > 0."""
+def parse_values(key: str, text: str, minimum: float, inclusive: bool) -> list[float]:
+    """"0.2,0.38,1" -> [0.2, 0.38, 1.0]; each must be > minimum (>= when `inclusive`)."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--temperatures={text}: expected numbers separated by commas, e.g. 0.2,0.38,1") from None
-    if any(value <= 0 for value in values):
-        raise ConfigError(f"--temperatures={text}: temperatures must be > 0")
+        raise ConfigError(f"--{key}={text}: expected numbers separated by commas, e.g. 0.2,0.38,1") from None
+    if any(value < minimum or value == minimum and not inclusive for value in values):
+        raise ConfigError(f"--{key}={text}: values must be {'>=' if inclusive else '>'} {minimum:g}")
     return values
 
 
@@ -151,6 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--grid", type=int, default=8, help="photos in grid.png (default: 8)")
     add("--temperatures", default="", help="decode models that take a temperature (zhang) at each of these, "
         "e.g. 0.2,0.38,0.6,1: the PSNR / colourfulness trade-off in tradeoff.png")  # fmt: skip
+    add("--decode-rebalance", default="", help="zhang: also sweep its rebalancing at decoding, e.g. 0,0.5,1")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)
 
@@ -163,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluated: dict[str, Model] = {}
         epochs: dict[str, float] = {}
-        temperatures = parse_temperatures(args.temperatures)
+        temperatures = parse_values("temperatures", args.temperatures, 0.0, inclusive=False)
+        rebalances = parse_values("decode-rebalance", args.decode_rebalance, 0.0, inclusive=True)
         for run in args.run:
-            found, found_epochs = checkpoint_models(run, args.checkpoints, temperatures)
+            found, found_epochs = checkpoint_models(run, args.checkpoints, temperatures, rebalances)
             evaluated.update(found)
             epochs.update(found_epochs)
         for export in args.export:

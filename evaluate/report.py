@@ -165,7 +165,8 @@ def plot_by_epoch(
 def plot_tradeoff(results: dict, path: str | Path) -> None:
     """PNG: mean PSNR against mean colourfulness of every model of `evaluate`'s results.
 
-    Models named "NAME@T=t" (a temperature sweep) are joined into one line labelled by t.
+    Models named "NAME@T=t" or "NAME@r=r,T=t" (a temperature sweep) are joined into one line
+    per NAME (and r), each point labelled by its t.
     The baseline's PSNR and the truth's colourfulness (and 80% of it) are drawn as lines:
     a good colorizer sits above the first and near the second.
     """
@@ -173,8 +174,10 @@ def plot_tradeoff(results: dict, path: str | Path) -> None:
     baseline = means.pop(BASELINE)
     series: dict[str, list[tuple[float, str]]] = {}
     for name in means:
-        family, _, temperature = name.partition("@T=")
-        series.setdefault(family, []).append((float(temperature) if temperature else 0.0, name))
+        family, temperature = name, 0.0
+        if "T=" in name:
+            family, temperature = name[: name.rindex("T=")].rstrip("@,"), float(name[name.rindex("T=") + 2 :])
+        series.setdefault(family, []).append((temperature, name))
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     for family, members in series.items():
         members.sort()
@@ -182,7 +185,7 @@ def plot_tradeoff(results: dict, path: str | Path) -> None:
         y = [means[name]["psnr"] for _, name in members]
         axis.plot(x, y, marker="o", label=family)
         for (temperature, name), xi, yi in zip(members, x, y):
-            if "@T=" in name:
+            if "T=" in name:
                 axis.annotate(f"T={temperature:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     truth = results["truth"]["colorfulness"]
     axis.axhline(baseline["psnr"], color="gray", linestyle="--", label=f"{BASELINE} PSNR")

@@ -10,3 +10,9 @@ its signatures), `serving` (TF Serving's warm-up file and models.config), `__mai
 export command), `images` (reading any photo), `inference` (loading an export),
 `colorize`, `client` (TF Serving's REST API), `web`. Nothing here imports `train/`.
 """
+
+from pathlib import Path
+
+# The colorizer that ships with the project (export/pretrained/README.md says how it was
+# made): what `colorize`, `make serve` and `make demo` use when no model is named.
+PRETRAINED = Path(__file__).parent / "pretrained" / "colorizer"

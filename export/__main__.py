@@ -96,12 +96,28 @@ def check(export_dir: Path, temperature: float | None) -> None:
 
 
 def export_run(run: Path, out: Path, name: str | None = None, version: int | None = None,
-               checkpoint: str = "best", size: int | None = None, serving_root: str = "/models") -> Path:  # fmt: skip
-    """Export the generator of `run` to out/<name>/<version>; returns that folder."""
+               checkpoint: str = "best", size: int | None = None, serving_root: str = "/models",
+               temperature: float | None = None, decode_rebalance: float | None = None) -> Path:  # fmt: skip
+    """Export the generator of `run` to out/<name>/<version>; returns that folder.
+
+    `temperature`: the default decoding temperature written into export.json for models
+    that take one (default: the run's), e.g. the one a `make evaluate --temperatures` sweep
+    chose; `decode_rebalance`: zhang's rebalancing at decoding, fixed in the graph.
+    """
     saved = models.read_run_config(run)
     generator = models.build_from_run(run, checkpoint)["generator"]
+    if decode_rebalance is not None:
+        if not hasattr(saved.model_config, "decode_rebalance"):
+            raise ConfigError(f"--decode_rebalance: {saved.model} has no rebalancing at decoding")
+        generator.decode_rebalance = decode_rebalance
+        saved = saved._replace(model_config=dataclasses.replace(saved.model_config, decode_rebalance=decode_rebalance))
     size = size or models.working_size(saved)
-    temperature = saved.model_config.temperature if savedmodel.has_temperature(saved.model_config) else None
+    if not savedmodel.has_temperature(saved.model_config):
+        if temperature is not None:
+            raise ConfigError(f"--temperature: {saved.model} does not decode with a temperature")
+    else:
+        temperature = temperature or saved.model_config.temperature
+        saved = saved._replace(model_config=dataclasses.replace(saved.model_config, temperature=temperature))
     model_dir = out / (name or saved.model)
     version = version or next_version(model_dir)
     target = model_dir / str(version)
@@ -164,12 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         default="/models",
         help="where TF Serving sees --out, for models.config (default: /models, as in the README's Docker line)",
     )
+    add("--temperature", type=float, default=None,
+        help="default decoding temperature of models that take one (zhang; default: the run's)")
+    add("--decode_rebalance", type=float, default=None,
+        help="zhang: rebalancing at decoding, 0 (as trained) to 1 (default: the run's)")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1 or args.size is not None and args.size < 1:
         parser.error("--version and --size must be positive")
+    if args.temperature is not None and args.temperature <= 0:
+        parser.error("--temperature must be positive")
+    if args.decode_rebalance is not None and args.decode_rebalance < 0:
+        parser.error("--decode_rebalance must be >= 0")
     started = time.perf_counter()
     try:
-        target = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.size, args.serving_root)
+        target = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.size, args.serving_root,
+                            args.temperature, args.decode_rebalance)  # fmt: skip
     except (ConfigError, FileNotFoundError) as error:
         print(f"make export: {error}", file=sys.stderr)
         return 2

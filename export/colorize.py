@@ -1,6 +1,9 @@
 """`colorize --model EXPORT_DIR --output DIR INPUT...` (also `python -m export.colorize`): colour photos.
 
-    colorize --model exports/cgan [--version N] [--size S] [--temperature T] [--format png|jpg] --output DIR INPUT...
+    colorize [--model exports/cgan] [--version N] [--size S] [--temperature T] [--format png|jpg] [--output DIR] INPUT...
+
+Without --model it uses the colorizer that ships with the project (export/pretrained/),
+and without --output it writes into ./colorized.
 
 INPUTs are files or folders (searched recursively for .jpg .jpeg .png .bmp .tif .tiff
 .webp); any size and mode: gray, RGB (taken as gray), RGBA, 16-bit, palette, CMYK. Each
@@ -29,6 +32,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from export import PRETRAINED  # noqa: E402
 from export.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnusableImage, load_photo  # noqa: E402
 
 # zlib level 1: on a 12-megapixel photo 5x faster than Pillow's default 6, files about as large.
@@ -85,9 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("inputs", nargs="+", type=Path, metavar="INPUT", help="photos or folders of photos")
-    add("--model", required=True, type=Path, help="exports/<name> (its newest version) or exports/<name>/<version>")
+    add("--model", type=Path, default=PRETRAINED,
+        help="exports/<name> (its newest version) or exports/<name>/<version> (default: the shipped colorizer)")
     add("--version", type=int, default=None, help="the export version (default: the newest)")
-    add("--output", required=True, type=Path, help="folder for the results")
+    add("--output", type=Path, default=Path("colorized"), help="folder for the results (default: colorized)")
     add(
         "--size",
         type=int,

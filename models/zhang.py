@@ -43,6 +43,10 @@ class ZhangConfig:
     rebalance_lambda: float = 0.5  # weight of the uniform distribution mixed into the prior; 1: no rebalancing
     prior_sigma: float = 5.0  # Gaussian smoothing of the training data's ab prior (Lab units); 0: none
     temperature: float = 0.38  # annealed mean at inference: 1 the mean, towards 0 the mode
+    # At decoding, the predicted distribution times the training data's rebalancing weights
+    # (lambda 0.5, as the paper trains) to this power: 0 as trained; 1 as if trained with
+    # rebalancing. Lifts rare, saturated colours where the network finds them plausible.
+    decode_rebalance: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.base_width >= 1, f"--base_width={self.base_width}: must be at least 1")
@@ -53,6 +57,7 @@ class ZhangConfig:
         check(0.0 < self.rebalance_lambda <= 1.0, f"--rebalance_lambda={self.rebalance_lambda}: must be in (0, 1]")
         check(self.prior_sigma >= 0.0, f"--prior_sigma={self.prior_sigma}: must be >= 0")
         check(self.temperature > 0.0, f"--temperature={self.temperature}: must be > 0")
+        check(self.decode_rebalance >= 0.0, f"--decode_rebalance={self.decode_rebalance}: must be >= 0")
 
     @property
     def stride(self) -> int:
@@ -102,15 +107,19 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
     return keras.Model(gray, logits, name=name)
 
 
-def decode(logits: tf.Tensor, temperature: tf.Tensor | float) -> tf.Tensor:
+def decode(logits: tf.Tensor, temperature: tf.Tensor | float, log_weights: tf.Tensor | None = None) -> tf.Tensor:
     """The annealed mean: logits [B, h, w, Q] and temperature (scalar or [B]) -> color [B, h, w, 2] float32.
 
     softmax(log p / T) re-weights the predicted distribution p; since log p is the logits
-    minus a per-pixel constant, that is softmax(logits / T). The colour is the expectation
-    of the bin centres under it, in model scaling (ab / 110, within [-1, 1]).
+    minus a per-pixel constant, that is softmax(logits / T). With `log_weights` [Q], p is
+    first multiplied by exp(log_weights) (a rebalancing at decoding). The colour is the
+    expectation of the bin centres under it, in model scaling (ab / 110, within [-1, 1]).
     """
     temperature = tf.reshape(tf.cast(temperature, tf.float32), [-1, 1, 1, 1])
-    annealed = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
+    logits = tf.cast(logits, tf.float32)
+    if log_weights is not None:
+        logits += log_weights
+    annealed = tf.nn.softmax(logits / temperature, axis=-1)
     ab = tf.einsum("bhwq,qc->bhwc", annealed, tf.constant(color.ab_bins()))  # Lab units
     return ab / color.AB_SCALE
 
@@ -118,26 +127,34 @@ def decode(logits: tf.Tensor, temperature: tf.Tensor | float) -> tf.Tensor:
 class ZhangGenerator(keras.Model):
     """gray [B, H, W, 1], or [gray, temperature [B]] -> color [B, H, W, 2] float32 in [-1, 1].
 
-    `network`'s logits decoded by the annealed mean (at `temperature` unless one is given)
-    and upsampled bilinearly to the input size. A wrapper with no weights of its own, so a
-    checkpoint of it holds `network`'s weights once and the loop gives it one optimizer.
+    `network`'s logits decoded by the annealed mean (at `temperature` unless one is given),
+    rebalanced by `decode_rebalance` x `log_rebalance`, and upsampled bilinearly to the input
+    size. Its only weight of its own is `log_rebalance` [Q], the log rebalancing weights of
+    the training data, which the training step keeps set (zeros until then): it is saved with
+    the checkpoint and the export, which therefore need no training data. The loop gives
+    the generator one optimizer; `network`'s weights are saved once.
     """
 
-    def __init__(self, network: keras.Model, temperature: float, name: str = "generator") -> None:
+    def __init__(self, network: keras.Model, temperature: float, decode_rebalance: float = 0.0,
+                 name: str = "generator") -> None:  # fmt: skip
         super().__init__(name=name, dtype="float32")  # decoding in float32 under any policy
         self.network = network
         self.temperature = temperature
-        self.built = True  # `network` is; the wrapper has nothing to build
+        self.decode_rebalance = decode_rebalance
+        self.log_rebalance = self.add_weight(shape=[len(color.ab_bins())], initializer="zeros", trainable=False,
+                                             name="log_rebalance", aggregation="only_first_replica")  # fmt: skip
+        self.built = True  # `network` is; the wrapper has nothing else to build
 
     def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool = False) -> tf.Tensor:
         gray, temperature = inputs if isinstance(inputs, (list, tuple)) else (inputs, self.temperature)
-        fake_color = decode(self.network(gray, training=training), temperature)  # [B, h, w, 2]
+        log_weights = self.decode_rebalance * self.log_rebalance if self.decode_rebalance else None
+        fake_color = decode(self.network(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")  # [B, H, W, 2]
 
 
 def build(config: ZhangConfig) -> dict[str, keras.Model]:
     """{"generator": gray -> fake_color, with `.network`: gray -> logits}."""
-    return {"generator": ZhangGenerator(logits_network(config), config.temperature)}
+    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -398,6 +398,12 @@ def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
     assert np.abs(mean.astype(int) - mode).max() > 3  # the temperature reaches the decoding
     np.testing.assert_array_equal(colorizer.colorize(rgb), colorizer.colorize(rgb, temperature=0.38))
 
+    # a default chosen at export time (e.g. by a temperature sweep) replaces the run's
+    assert export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'exports'}", "--temperature=0.7"]) == 0
+    chosen = Colorizer(tmp_path / "exports" / "zhang", version=2)
+    assert chosen.info["temperature"] == pytest.approx(0.7) == chosen.info["model_config"]["temperature"]
+    np.testing.assert_array_equal(chosen.colorize(rgb), colorizer.colorize(rgb, temperature=0.7))
+
 
 # ---------------------------------------------------------------------------------------
 # TF Serving's REST API

@@ -57,13 +57,14 @@ def evaluated(tmp_path_factory):
 def test_files_are_written_in_full(evaluated):
     out, results = evaluated
     assert sorted(path.name for path in out.iterdir()) == [
-        "grid.png", "metrics.json", "metrics.md", "metrics_by_epoch.png"
+        "grid.png", "metrics.json", "metrics.md", "metrics_by_epoch.png", "tradeoff.png"
     ]  # fmt: skip
     assert json.loads((out / "metrics.json").read_text()) == results
     # 4 photos, 2 per row; a cell: 4 columns (gray, identity, swap, truth) of 32 px zoomed to 96, 4 px margins
     assert Image.open(out / "grid.png").size == (2 * (4 * 96 + 8), 2 * (96 + 8))
     # 10 panels (the 9 metrics that vary by model and the classifier's) in rows of 4 at 3.2 x 2.6 inches, 100 dpi
     assert Image.open(out / "metrics_by_epoch.png").size == (1280, 780)
+    assert Image.open(out / "tradeoff.png").size == (640, 440)
 
 
 def test_identity_scores_perfectly_and_the_baseline_has_no_colour(evaluated):

@@ -283,3 +283,39 @@ def test_make_evaluate_sweeps_the_decoding_temperature(shards_with_prior, tmp_pa
     assert warm["mae_ab"] != cold["mae_ab"]  # each decoded at its own temperature
     assert (tmp_path / "sweep" / "tradeoff.png").stat().st_size > 0
     assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--temperatures=0,x"]) == 2
+
+    assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--split=val", "--limit=2",
+                          "--temperatures=0.38", "--decode-rebalance=0,1", f"--out={tmp_path}", "--name=r"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert list(results["models"]) == ["baseline", "run@r=0,T=0.38", "run@r=1,T=0.38"]
+    as_trained, rebalanced = (results["models"][name]["mean"] for name in ("run@r=0,T=0.38", "run@r=1,T=0.38"))
+    assert as_trained["mae_ab"] != rebalanced["mae_ab"]
+    assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--decode-rebalance=-1"]) == 2
+
+
+def test_rebalancing_at_decoding_multiplies_the_distribution_by_the_weights():
+    logits = tf.constant([[[[0.0, 0.0, 3.0]]]])  # [1, 1, 1, Q=3]: bin 2 is the likely one
+    log_weights = tf.math.log(tf.constant([10.0, 1.0, 1.0]))
+    p = tf.nn.softmax(logits, -1).numpy().ravel()
+    expected = p * [10.0, 1.0, 1.0] / (p * [10.0, 1.0, 1.0]).sum()
+    bins = tf.constant(color.ab_bins()[:3])
+    got = tf.nn.softmax(logits + log_weights, -1).numpy().ravel()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    with_weights = zhang.decode(tf.pad(logits, [[0, 0]] * 3 + [[0, len(color.ab_bins()) - 3]], constant_values=-1e9),
+                                1.0, tf.pad(log_weights, [[0, len(color.ab_bins()) - 3]]))  # fmt: skip
+    np.testing.assert_allclose(with_weights.numpy().ravel(), (expected @ bins.numpy()) / color.AB_SCALE, rtol=1e-4)
+
+
+def test_the_step_stores_the_decoding_weights_in_the_generator(shards_with_prior, tmp_path):
+    run = tmp_path / "run"
+    argv = ["--model=zhang", f"--data={shards_with_prior}", f"--run={run}", "--base_width=2", "--batch_size=4",
+            "--steps=1", "--val_batches=1", "--rebalance_lambda=1"]  # fmt: skip
+    assert main(argv) == 0
+    generator = models.build_from_run(run, checkpoint="latest")["generator"]
+    counts = json.loads((shards_with_prior / "manifest.json").read_text())["ab_prior"]["counts"]
+    expected = np.log(zhang.rebalance_weights(np.asarray(counts), 0.5, 5.0))
+    np.testing.assert_allclose(generator.log_rebalance.numpy(), expected, rtol=1e-5)
+    gray = tf.random.uniform([1, 16, 16, 1], -1, 1, seed=1)
+    plain = generator(gray).numpy()
+    generator.decode_rebalance = 1.0
+    assert np.abs(generator(gray).numpy() - plain).max() > 1e-3

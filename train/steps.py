@@ -158,12 +158,17 @@ def zhang_step(config: ZhangConfig, data: TrainingData = TrainingData()) -> Step
     if data.ab_prior is None:
         print("zhang: the shards' manifest has no ab prior; training without class rebalancing")
         weights = np.ones(len(color.ab_bins()))
+        decode_weights = weights
     else:
         weights = zhang.rebalance_weights(data.ab_prior, config.rebalance_lambda, config.prior_sigma)
+        decode_weights = zhang.rebalance_weights(data.ab_prior, 0.5, config.prior_sigma)
     weights = tf.constant(weights, tf.float32)  # [Q]
+    log_decode_weights = tf.constant(np.log(decode_weights), tf.float32)  # [Q]
 
     def step(networks, optimizers, batch):
         generator, optimizer = networks["generator"], optimizers["generator"]
+        # what --decode_rebalance scales, kept in the generator for evaluation and export
+        generator.log_rebalance.assign(log_decode_weights)
         with tf.GradientTape() as tape:
             logits = generator.network(batch["gray"], training=True)  # [B, h, w, Q] float32
             targets = zhang.soft_targets(batch["color"], tf.shape(logits)[1:3], config)  # [B, h, w, Q]
