@@ -404,6 +404,16 @@ def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
     assert chosen.info["temperature"] == pytest.approx(0.7) == chosen.info["model_config"]["temperature"]
     np.testing.assert_array_equal(chosen.colorize(rgb), colorizer.colorize(rgb, temperature=0.7))
 
+    # rebalancing at decoding is fixed in the graph, from the weights the checkpoint holds
+    networks["generator"].log_rebalance.assign(np.linspace(-3.0, 3.0, len(color.ab_bins())).astype(np.float32))
+    tf.train.Checkpoint(**networks).save(str(tmp_path / "run" / "best" / "ckpt"))
+    assert export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'exports'}", "--decode_rebalance=1"]) == 0
+    rebalanced = Colorizer(tmp_path / "exports" / "zhang", version=3)
+    assert rebalanced.info["model_config"]["decode_rebalance"] == 1.0
+    assert np.abs(rebalanced.colorize(rgb).astype(int) - colorizer.colorize(rgb)).max() > 3
+    with pytest.raises(SystemExit, match="2"):
+        export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'x'}", "--decode_rebalance=-1"])
+
 
 # ---------------------------------------------------------------------------------------
 # TF Serving's REST API
