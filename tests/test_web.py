@@ -3,11 +3,17 @@ page and its SQLite answers, forwarding to TF Serving, and a real upload in head
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.client
 import io
 import re
+import secrets
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +28,8 @@ from export.inference import Colorizer
 from export.web import PREVIEW_SIDE, create_app
 from export.web import __main__ as web_cli
 from tests.test_export import FakeServing, encode, make_export, photo
+
+REPO = Path(__file__).resolve().parents[1]
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -146,9 +154,19 @@ def test_forwarding_to_tf_serving_gives_the_exports_colours(exported, tmp_path):
 
 def test_make_serve_command_line(exported, monkeypatch, tmp_path):
     started = {}
-    monkeypatch.setattr(flask.Flask, "run", lambda app, **kwargs: started.update(kwargs))
+
+    class Server:  # waitress's server, as far as main uses it
+        effective_port = 8123
+
+        def run(self) -> None:
+            started["ran"] = True
+
+        def close(self) -> None:
+            started["closed"] = True
+
+    monkeypatch.setattr(web_cli, "make_server", lambda app, *args: started.update(args=args) or Server())
     assert web_cli.main(["--model", str(exported.parent), "--port", "8123"]) == 0
-    assert started == {"host": "127.0.0.1", "port": 8123, "threaded": True}
+    assert started == {"args": ("127.0.0.1", 8123, 20 * 2**20, 4, 64), "ran": True, "closed": True}
     assert (exported.parent / "turing.sqlite").exists()  # answers beside the export's versions
     assert web_cli.main(["--model", str(tmp_path / "nothing")]) == 2
 
@@ -205,3 +223,77 @@ def test_upload_in_headless_chromium(browser, exported, tmp_path):  # browser fi
         assert "of 1 answers" in browser.find_element(By.ID, "fooling-rate").text
     finally:
         server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# make serve: the production server under load
+
+
+def post_photo(port: int, data: bytes, name: str) -> tuple[int, str | None]:
+    """POST /colorize as a browser's form sends it; (status, Location)."""
+    boundary = secrets.token_hex(12)
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        connection.request("POST", "/colorize", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("Location")
+    finally:
+        connection.close()
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) of a process, in KiB."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith(("VmRSS", "VmHWM"))}
+
+
+def test_make_serve_colorizes_concurrent_uploads_refuses_bad_ones_and_stays_bounded(exported, photos, tmp_path):
+    server = subprocess.Popen(
+        [sys.executable, "-m", "export.web", f"--model={exported}", "--port=0", f"--photos={photos[0].parent}",
+         f"--db={tmp_path / 'answers.sqlite'}", "--max-upload-mb=0.5", "--max-pixels=100000", "--threads=4"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(server.stderr), daemon=True).start()  # the pipe never fills
+    try:
+        deadline = time.monotonic() + 120
+        while not any("serving" in line for line in log) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", "".join(log))[1])
+
+        def colorized(index: int) -> np.ndarray:
+            rgb = photo(48, 64, seed=index)
+            status, location = post_photo(port, encode(rgb), f"photo-{index}.png")
+            assert status == 303, (index, status)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{location}/download", timeout=60) as answer:
+                result = decode(answer.read())
+            assert result.shape == rgb.shape
+            return result
+
+        assert np.ptp(colorized(0).astype(int), axis=-1).max() > 0  # warm: the model is loaded and traced
+        warm = memory_kib(server.pid)
+
+        bad = {
+            "notes.png": (b"not an image at all", 400),  # not an image
+            "huge.png": (encode(photo(400, 300)), 413),  # 120,000 pixels: over --max-pixels
+            "big.bmp": (np.random.default_rng(0).bytes(700_000), 413),  # over --max-upload-mb
+            "": (encode(photo(8, 8)), 400),  # no file chosen
+        }
+        with concurrent.futures.ThreadPoolExecutor(len(bad) + 20) as pool:
+            good = [pool.submit(colorized, index) for index in range(1, 21)]
+            refused = {name: pool.submit(post_photo, port, data, name) for name, (data, _) in bad.items()}
+            results = [future.result(timeout=600) for future in good]
+            statuses = {name: future.result(timeout=600)[0] for name, future in refused.items()}
+        assert len(results) == 20 and all(np.ptp(result.astype(int), axis=-1).max() > 0 for result in results)
+        assert statuses == {name: status for name, (_, status) in bad.items()}
+        assert server.poll() is None, "".join(log)
+        after = memory_kib(server.pid)
+        # 20 uploads of 3,000 pixels, colorized one at a time: the peak hardly moves
+        assert after["VmHWM"] - warm["VmHWM"] < 300 * 1024, (warm, after)
+        assert "Traceback" not in "".join(log)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

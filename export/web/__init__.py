@@ -13,7 +13,8 @@
 Errors are pages with their status: 400 for a non-image, 413 for an upload over the
 limits, 404 for an unknown result, 502 when the TF Serving server fails. The app colorizes
 through any function uint8 RGB -> uint8 RGB: a loaded export (export/inference.py) or a
-TF Serving server (export/client.py).
+TF Serving server (export/client.py). `make_server` puts it on waitress, a production WSGI
+server, with every queue bounded.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from export.images import UnusableImage, load_photo
 from export.web.turing import SIDES, Answers, Pairs, Trial
 
 PREVIEW_SIDE = 1024  # the page shows previews; the download is full size
-KEPT_RESULTS = 8  # results are kept in memory, newest first
+# Results are kept in memory, newest first, up to this many bytes of PNG (and at least the
+# newest): by count, a burst of uploads would drop results before their pages were shown.
+KEPT_BYTES = 256 * 2**20
 
 
 class Result(NamedTuple):
@@ -76,6 +79,28 @@ def gray_of(rgb: np.ndarray) -> np.ndarray:
 def megabytes(size: int) -> str:
     """20971520 -> "20", 200000 -> "0.2"."""
     return f"{size / 2**20:.1f}".removesuffix(".0")
+
+
+def _result_bytes(result: Result) -> int:
+    return len(result.gray_preview) + len(result.color_preview) + len(result.color)
+
+
+def make_server(app: flask.Flask, host: str, port: int, max_upload_bytes: int, threads: int = 4,
+                connections: int = 64):  # fmt: skip
+    """`app` on waitress at host:port (0: any free port; see `.effective_port`); `.run()` serves.
+
+    What stays bounded under load: `threads` requests are in the app at once (and one of
+    them colorizes: the app queues colorizations, each uses every core), at most
+    `connections` are accepted, more wait in the kernel's listen queue of the same length
+    and are refused beyond it. Request bodies over 512 KiB are spooled to temporary files
+    by waitress, not held in memory; a body larger than the upload limit plus room for the
+    form's headers is refused (413) before it is read.
+    """
+    import waitress
+
+    return waitress.create_server(app, host=host, port=port, threads=threads, connection_limit=connections,
+                                  backlog=connections, max_request_body_size=max_upload_bytes + 2**20,
+                                  clear_untrusted_proxy_headers=True)  # fmt: skip
 
 
 def create_app(colorize: Callable[[np.ndarray], np.ndarray], label: str, photos: list[Path], db_path: Path,
@@ -131,7 +156,7 @@ def create_app(colorize: Callable[[np.ndarray], np.ndarray], label: str, photos:
         token = secrets.token_urlsafe(12)
         with results_lock:
             results[token] = result
-            while len(results) > KEPT_RESULTS:
+            while len(results) > 1 and sum(map(_result_bytes, results.values())) > KEPT_BYTES:
                 results.popitem(last=False)
         return flask.redirect(flask.url_for("result", token=token), 303)
 

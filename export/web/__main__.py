@@ -4,8 +4,8 @@
     python -m export.web --serving-url http://localhost:8501/v1/models/cgan
 
 With --model the app loads the export itself; with --serving-url it sends every photo to
-a TF Serving server instead. Flask's own server: a local demo and test page, not a
-production front end (behind one, run `create_app` under any WSGI server).
+a TF Serving server instead. It runs on waitress, a production WSGI server (see
+`make_server` for what stays bounded under load); behind a reverse proxy for HTTPS.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from preprocess.console import quiet_tensorflow  # noqa: E402
 quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 from export.images import IMAGE_SUFFIXES  # noqa: E402
-from export.web import create_app  # noqa: E402
+from export.web import create_app, make_server  # noqa: E402
 from export.web.turing import sample_photos  # noqa: E402
 
 
@@ -48,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     add("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: 20)")
     add("--max-pixels", type=int, default=50_000_000, help="largest photo accepted, in pixels (default: 50,000,000)")
+    add("--threads", type=int, default=4, help="requests handled at once; colorizations still queue (default: 4)")
+    add("--connections", type=int, default=64,
+        help="connections accepted at once; as many more wait, the rest are refused (default: 64)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
+    if args.threads < 1 or args.connections < 1:
+        parser.error("--threads and --connections must be at least 1")
 
     if args.photos is not None:
         photos = sorted(path for path in args.photos.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
@@ -75,9 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         colorize, label = functools.partial(colorizer.colorize, temperature=args.temperature), colorizer.label
         db = args.db or colorizer.path.parent / "turing.sqlite"
 
-    app = create_app(colorize, label, photos, db, int(args.max_upload_mb * 2**20), args.max_pixels)
-    print(f"serving {label} on http://{args.host}:{args.port}/ (answers in {db}); Ctrl-C stops", file=sys.stderr)
-    app.run(host=args.host, port=args.port, threaded=True)
+    max_upload_bytes = int(args.max_upload_mb * 2**20)
+    app = create_app(colorize, label, photos, db, max_upload_bytes, args.max_pixels)
+    server = make_server(app, args.host, args.port, max_upload_bytes, args.threads, args.connections)
+    print(f"serving {label} on http://{args.host}:{server.effective_port}/ (answers in {db}); Ctrl-C stops",
+          file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return 0
 
 
