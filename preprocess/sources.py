@@ -41,6 +41,10 @@ SKIMAGE_PHOTOS = (
     "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
 )  # fmt: skip
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+# The everyday scenes among them, which `make demo` colorizes (the others are a space telescope
+# image, a retina and a stained tissue sample).
+DEMO_PHOTOS = ("skimage/astronaut.png", "skimage/chelsea.png", "skimage/coffee.png", "skimage/rocket.jpg",
+               "skimage/motorcycle_left.png", "sklearn/china.jpg", "sklearn/flower.jpg")  # fmt: skip
 
 
 class SourceError(Exception):

@@ -1,6 +1,6 @@
 """`python -m export.web --model exports/cgan` (what `make serve` runs): the colorize web app.
 
-    python -m export.web --model exports/cgan [--version N] [--port 8000]
+    python -m export.web [--model exports/cgan] [--version N] [--port 8000]   (default: the shipped colorizer)
     python -m export.web --serving-url http://localhost:8501/v1/models/cgan
 
 With --model the app loads the export itself; with --serving-url it sends every photo to
@@ -27,8 +27,10 @@ from export.web.turing import sample_photos  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.web", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="exports/<name> (its newest version) or exports/<name>/<version>")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, default=None,
+                        help="exports/<name> (its newest version) or exports/<name>/<version> "
+                             "(default: the colorizer that ships with the project)")  # fmt: skip
     source.add_argument("--serving-url", help="a TF Serving model, http://HOST:8501/v1/models/NAME[/versions/N]")
     add("--version", type=int, default=None, help="export version with --model (default: the newest)")
     add("--temperature", type=float, default=None, help="for models that take one (default: the export's)")
@@ -70,15 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         colorize, label = functools.partial(client.colorize, temperature=args.temperature), client.label
         db = args.db or Path("turing.sqlite")
     else:
+        from export import PRETRAINED
         from export.inference import Colorizer, ExportNotFound
 
         try:
-            colorizer = Colorizer(args.model, args.version)
+            colorizer = Colorizer(args.model or PRETRAINED, args.version)
         except ExportNotFound as error:
             print(f"make serve: {error}", file=sys.stderr)
             return 2
         colorize, label = functools.partial(colorizer.colorize, temperature=args.temperature), colorizer.label
-        db = args.db or colorizer.path.parent / "turing.sqlite"
+        # answers about the shipped model stay out of the installed package
+        db = args.db or (colorizer.path.parent if args.model else Path.cwd()) / "turing.sqlite"
 
     max_upload_bytes = int(args.max_upload_mb * 2**20)
     app = create_app(colorize, label, photos, db, max_upload_bytes, args.max_pixels)
