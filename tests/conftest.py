@@ -1,14 +1,20 @@
-"""Shared fixtures: tiny shard folders written the way `python -m preprocess` writes them."""
+"""Shared fixtures: tiny shard folders written the way `python -m preprocess` writes them, and
+one tiny export that every test needing one reads."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from preprocess import schema
+from tests.helpers import make_export
 
 # Two logical CPUs, so that MirroredStrategy can run with two replicas on any machine. It
 # must happen before TensorFlow initialises its devices, hence at import of this file; it
@@ -50,3 +56,21 @@ def tiny_shards(tmp_path_factory):
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> Path:
+    """exports/regression/1 of a tiny run (tests.helpers.make_export), shared read-only.
+
+    Built once per test session: under pytest-xdist the workers share it through their
+    common temporary folder, the first one to take the lock builds it (about 30 s on two
+    cores), the others wait and read it. Tests that change an export make their own.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "shared-export"
+    with open(root / "shared-export.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "exports" / "regression" / "1").exists():
+            make_export(folder)
+    return folder / "exports" / "regression" / "1"

@@ -15,13 +15,7 @@ from export import colorize
 from export.images import UnusableImage, load_photo
 from export.inference import Colorizer, ExportNotFound, resolve
 from preprocess import color
-from tests.test_export import make_export, photo
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    export_dir, _ = make_export(tmp_path_factory.mktemp("colorize"))
-    return export_dir
+from tests.helpers import photo
 
 
 def lightness(rgb: np.ndarray) -> np.ndarray:

@@ -7,12 +7,12 @@ from PIL import Image
 
 import models
 from evaluate.__main__ import main
-from test_export import TrainSettings, make_export, make_run, tiny_generator
+from tests.helpers import TrainSettings, make_run, tiny_generator
 
 
-def test_runs_and_an_export_are_scored_beside_the_baseline(tmp_path, tiny_shards):
+def test_runs_and_an_export_are_scored_beside_the_baseline(tmp_path, tiny_shards, exported):
     run = make_run(tmp_path / "tiny-run")
-    export_dir, _ = make_export(tmp_path / "export")
+    export_dir = exported
     arguments = [f"--run={run}", f"--export={export_dir.parent}", f"--data={tiny_shards}", "--split=val",
                  "--limit=6", f"--out={tmp_path / 'reports'}", "--name=tiny", "--grid=3"]  # fmt: skip
     assert main(arguments) == 0

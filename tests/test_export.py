@@ -3,20 +3,14 @@ files, the self-check, a reload in a fresh process, and the REST client."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import io
 import json
 import resource
 import struct
 import subprocess
 import sys
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -32,138 +26,7 @@ from export.images import load_photo
 from export.inference import INFO_FILE, Colorizer
 from models.config import ConfigError
 from preprocess import color
-
-TINY = {"depth": 3, "base_width": 4, "max_width": 8, "dropout_blocks": 1}  # stride 8
-WORKING_SIZE = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """The part of a training config that export reads (the rest belongs to train/)."""
-
-    data: str = ""
-    crop_size: int = WORKING_SIZE
-
-
-def tiny_generator(kernel_std: float = 0.3, tint: tuple[float, float] = (0.15, -0.2), seed: int = 0) -> keras.Model:
-    """The tiny U-Net with weights large enough that colour depends on the input, and a tint
-    (out_conv bias, atanh of ab / 110) so every output is visibly coloured."""
-    generator = models.build("regression", models.get("regression").config(**TINY))["generator"]
-    rng = np.random.default_rng(seed)
-    for weight in generator.weights:
-        if weight.path.endswith("kernel"):
-            std = kernel_std / 6 if weight.path.startswith("out_conv") else kernel_std
-            weight.assign(rng.normal(0.0, std, weight.shape).astype(np.float32))
-    generator.get_layer("out_conv").bias.assign(np.array(tint, np.float32))
-    return generator
-
-
-def make_run(run: Path, generator: keras.Model | None = None, train: TrainSettings = TrainSettings()) -> Path:
-    """A run folder as `python -m train` leaves it: config.json and a checkpoint in RUN/best."""
-    generator = generator or tiny_generator()
-    models.write_run_config(run, "regression", models.get("regression").config(**TINY), train)
-    tf.train.Checkpoint(generator=generator).save(str(run / models.BEST_DIR / "ckpt"))
-    return run
-
-
-def make_export(folder: Path) -> tuple[Path, keras.Model]:
-    """(exports/regression/1, the generator in it): a tiny run, exported by `python -m export`."""
-    generator = tiny_generator()
-    run = make_run(folder / "run", generator)
-    assert export_cli.main([f"--run={run}", f"--out={folder / 'exports'}"]) == 0
-    return folder / "exports" / "regression" / "1", generator
-
-
-def encode(array: np.ndarray, image_format: str = "PNG", **options: object) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
-
-def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """uint8 RGB [H, W, 3]: smooth colour blobs plus pixel noise (fine detail), mid lightness."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(70, 200, (1, 4, 5, 3)).astype(np.float32)
-    smooth = tf.image.resize(coarse, [height, width])[0].numpy()
-    return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
-
-
-class FakeServing(ThreadingHTTPServer):
-    """TF Serving's REST predict API over one export, as tensorflow_serving/util/json_tensor.cc
-    defines it: {"b64": ...} decodes into any string input, string outputs whose name ends in
-    "_bytes" are encoded so, "instances" answers "predictions", "inputs" answers "outputs",
-    errors are {"error": message}. The real server cannot be installed here."""
-
-    def __init__(self, export_dir: Path, model_name: str) -> None:
-        self.loaded = tf.saved_model.load(str(export_dir))
-        self.path_prefix = f"/v1/models/{model_name}"
-        self.requests: list[dict] = []
-        super().__init__(("127.0.0.1", 0), _FakeServingHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{self.path_prefix}"
-
-
-def _from_json(value: object) -> object:
-    if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
-    return [_from_json(item) for item in value] if isinstance(value, list) else value
-
-
-def _to_json(name: str, value: object) -> object:
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode()} if name.endswith("_bytes") else value.decode()
-    return [_to_json(name, item) for item in value] if isinstance(value, list) else value
-
-
-class _FakeServingHandler(BaseHTTPRequestHandler):
-    server: FakeServing
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        try:
-            if self.path != f"{self.server.path_prefix}:predict":
-                raise ValueError(f"no such model path {self.path}")
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            self.server.requests.append(request)
-            signature = self.server.loaded.signatures[request.get("signature_name", "serving_default")]
-            names = list(signature.structured_input_signature[1])
-            if "instances" in request:
-                rows = request["instances"]
-                columns = {name: [row[name] if isinstance(row, dict) and "b64" not in row else row for row in rows]
-                           for name in names}  # fmt: skip
-            else:
-                inputs = request["inputs"]
-                columns = inputs if isinstance(inputs, dict) and "b64" not in inputs else {names[0]: inputs}
-            dtypes = {name: spec.dtype for name, spec in signature.structured_input_signature[1].items()}
-            outputs = signature(**{name: tf.constant(_from_json(columns[name]), dtypes[name]) for name in names})
-            values = {name: tensor.numpy().tolist() for name, tensor in outputs.items()}
-            if "instances" in request:
-                single = len(values) == 1
-                answer = {"predictions": [_to_json(*next(iter(values.items())))[i] if single else
-                                          {name: _to_json(name, value)[i] for name, value in values.items()}
-                                          for i in range(len(next(iter(values.values()))))]}  # fmt: skip
-            else:
-                answer = {"outputs": {name: _to_json(name, value) for name, value in values.items()}}
-            status = 200
-        except Exception as error:  # the real server answers every failure as {"error": ...}
-            answer, status = {"error": str(error)}, 400
-        body = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return make_export(tmp_path_factory.mktemp("export"))
-
+from tests.helpers import WORKING_SIZE, FakeServing, TrainSettings, encode, make_run, photo, tiny_generator
 
 # ---------------------------------------------------------------------------------------
 # The graph
@@ -267,7 +130,7 @@ def huge_png(height: int, width: int) -> bytes:
 
 
 def test_colorize_image_refuses_a_photo_over_the_pixel_limit_before_decoding_it(exported):
-    export_dir, _ = exported
+    export_dir = exported
     assert json.loads((export_dir / INFO_FILE).read_text())["max_pixels"] == savedmodel.MAX_PIXELS == 100_000_000
     bomb = huge_png(30_000, 30_000)  # 900 megapixels: 0.9 GB decoded as gray, 2.7 GB as RGB
     assert len(bomb) < 200_000
@@ -288,7 +151,7 @@ def test_colorize_image_refuses_a_photo_over_the_pixel_limit_before_decoding_it(
 
 
 def test_export_writes_a_checked_version_with_serving_files(exported):
-    export_dir, _ = exported
+    export_dir = exported
     assert (export_dir / "saved_model.pb").exists()
     assert not [p for p in export_dir.parent.iterdir() if p.name.startswith(".")]  # no partial export left
     info = json.loads((export_dir / INFO_FILE).read_text())
@@ -303,7 +166,7 @@ def test_export_writes_a_checked_version_with_serving_files(exported):
     ]
     stored = tf.train.load_checkpoint(str(export_dir / "variables" / "variables"))
     values = sum(np.prod(shape) for key, shape in stored.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in key)
-    assert values == exported[1].count_params()  # every weight once (keras-team/keras#23553 stores them twice)
+    assert values == tiny_generator().count_params()  # every weight once (keras-team/keras#23553 stores them twice)
 
     replies = serving.replay_warmup(export_dir)  # the file parses and every request runs
     assert set(replies) == {"serving_default", "colorize_image"}
@@ -313,7 +176,7 @@ def test_export_writes_a_checked_version_with_serving_files(exported):
 def test_the_check_reads_saved_model_cli_show(exported, tmp_path, monkeypatch):
     """The export passed a check that runs `saved_model_cli show --all`; a listing that lacks
     a documented name (here colorize_image's png_bytes output) fails it."""
-    export_dir, _ = exported
+    export_dir = exported
     listing = "\n".join([
         "signature_def['colorize_at_size']: inputs['image'] inputs['working_size'] outputs['rgb']",
         "signature_def['colorize_image']: inputs['image_bytes'] outputs['rgb']",
@@ -328,7 +191,7 @@ def test_the_check_reads_saved_model_cli_show(exported, tmp_path, monkeypatch):
 
 
 def test_reloaded_in_a_fresh_process_matches_the_eager_model(exported, tmp_path):
-    export_dir, generator = exported
+    export_dir, generator = exported, tiny_generator()
     rgb = photo(45, 61, seed=3)
     gray = rgb[..., :1]
     np.save(tmp_path / "gray.npy", gray[None])
@@ -352,7 +215,7 @@ np.save({str(tmp_path / "from_png.npy")!r}, np.stack([tf.io.decode_png(p).numpy(
 
 
 def test_versions_count_up_and_are_never_overwritten(exported, tmp_path, capsys):
-    export_dir, _ = exported
+    export_dir = exported
     (tmp_path / "m" / "3").mkdir(parents=True)
     (tmp_path / "m" / ".partial-9-1").mkdir()
     assert export_cli.next_version(tmp_path / "m") == 4
@@ -420,7 +283,7 @@ def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
 
 
 def test_client_speaks_tf_servings_rest_api(exported):
-    export_dir, _ = exported
+    export_dir = exported
     server = FakeServing(export_dir, "regression")
     try:
         client = ServingClient(server.url)

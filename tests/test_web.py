@@ -27,7 +27,7 @@ from export.client import ServingClient
 from export.inference import Colorizer
 from export.web import PREVIEW_SIDE, create_app
 from export.web import __main__ as web_cli
-from tests.test_export import FakeServing, encode, make_export, photo
+from tests.helpers import FakeServing, encode, photo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +62,6 @@ def client(photos, tmp_path) -> flask.testing.FlaskClient:
         reddish, "test v1", photos, tmp_path / "answers.sqlite", max_upload_bytes=200_000, max_pixels=100_000
     )
     return app.test_client()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    export_dir, _ = make_export(tmp_path_factory.mktemp("web"))
-    return export_dir
 
 
 def upload(client: flask.testing.FlaskClient, data: bytes, name: str = "photo.png"):
