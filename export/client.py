@@ -3,7 +3,7 @@
     client = ServingClient("http://localhost:8501/v1/models/cgan")
     png = client.colorize_png(open("photo.jpg", "rb").read())
 
-It sends what `curl` would (see export/README_SECTION.md):
+It sends what the README's `curl` example does ("Serving with TensorFlow Serving"):
 
     POST /v1/models/<name>[/versions/<n>]:predict
     {"signature_name": "colorize_image", "instances": [{"b64": "<base64 photo>"}]}

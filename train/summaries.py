@@ -8,9 +8,10 @@
 metrics.jsonl is the source of the PNG, so the curves survive a resume; lines past the
 step a run resumes from are dropped, because those steps are trained again.
 
-TensorFlow 2.21 no longer installs TensorBoard, and `tf.summary.scalar`/`image` need it.
-The events are written with `tf.summary.write` and the metadata TensorBoard's own
-scalar and image summaries attach, so `pip install tensorboard` is only needed to view them.
+TensorFlow 2.21 does not depend on TensorBoard, and `tf.summary.scalar`/`image` come from
+the tensorboard package. The events are written with `tf.summary.write` and the metadata
+TensorBoard's own scalar and image summaries attach, so training needs only TensorFlow;
+setup.cfg installs tensorboard for `tensorboard --logdir RUN/logs`.
 """
 
 from __future__ import annotations
