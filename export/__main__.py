@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of the report
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         help="default decoding temperature of models that take one (zhang; default: the run's)")
     add("--decode_rebalance", type=float, default=None,
         help="zhang: rebalancing at decoding, 0 (as trained) to 1 (default: the run's)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1 or args.size is not None and args.size < 1:
         parser.error("--version and --size must be positive")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -232,8 +233,9 @@ TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |cuInit|oneDNN|absl::InitializeLog", re.
 
 
 def _train_process(data: Path, run: Path, *extra: str) -> subprocess.Popen:
-    # pipes, not a terminal: what `make train > log` sees
-    return subprocess.Popen([sys.executable, "-m", "train", *_args(data, run, *extra)], cwd=REPO,
+    # pipes, not a terminal: what `make train > log` sees; the command quiets TensorFlow itself
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.Popen([sys.executable, "-m", "train", *_args(data, run, *extra)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
