@@ -35,20 +35,13 @@ from export.savedmodel import colorize_pixels  # noqa: E402
 from models.config import ConfigError, from_dict  # noqa: E402
 from preprocess import dataset, schema, sources  # noqa: E402
 from preprocess.images import UnusableImage, load_rgb  # noqa: E402
-from train import loop  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
+from train.config import TrainConfig, open_data  # noqa: E402
 
 
-def shard_images(shards_dir: Path, split: str, limit: int = 0) -> Iterator[tuple[str, np.ndarray, int]]:
+def shard_images(shards: dataset.Shards, split: str, limit: int = 0) -> Iterator[tuple[str, np.ndarray, int]]:
     """(source id, uint8 RGB tile, label) of one split in shard order; with `limit`, that many
     spread evenly over the split (shards are often in class order, so not the first ones)."""
-    manifest = dataset.read_manifest(shards_dir)
-    records = tf.data.TFRecordDataset(
-        dataset.shard_paths(shards_dir, split), compression_type=manifest["options"].get("compression") or ""
-    )
-    if limit:
-        records = records.shard(max(1, manifest["splits"][split]["tiles"] // limit), 0).take(limit)
-    for record in records.map(schema.parse):
+    for record in shards.records(split, limit):
         yield record["source_id"].numpy().decode(), record["rgb"].numpy(), int(record["label"])
 
 
@@ -101,9 +94,12 @@ def checkpoint_models(run: Path, which: str, temperatures: list[float] = (),
 
 
 def steps_per_epoch(saved: models.SavedRun) -> int:
-    """The run's own epoch length (train.loop's), or 0 when its training data is gone."""
+    """The run's own epoch length, as its config.json records it (a run from before that: from
+    its training data), or 0 when it cannot be told."""
+    if "steps_per_epoch" in saved.data:
+        return int(saved.data["steps_per_epoch"])
     try:
-        return loop.steps_per_epoch(from_dict(TrainConfig, saved.train_config))
+        return open_data(from_dict(TrainConfig, saved.train_config))[1]
     except (ConfigError, OSError, KeyError, ValueError):
         return 0
 
@@ -133,14 +129,17 @@ def parse_values(key: str, text: str, minimum: float, inclusive: bool) -> list[f
     return values
 
 
-def prior_of(data: Path, runs: list[Path]) -> np.ndarray | None:
+def prior_of(shards: dataset.Shards | None, runs: list[Path]) -> np.ndarray | None:
     """The ab prior for the rebalanced AuC: of the evaluated shards, else of a run's training data."""
-    candidates = [data] + [Path(models.read_run_config(run).train_config.get("data", "")) for run in runs]
-    for folder in candidates:
+    if shards is not None and shards.ab_prior is not None:
+        return shards.ab_prior.astype(np.float64)
+    for run in runs:
         try:
-            return np.asarray(dataset.read_manifest(folder)["ab_prior"]["counts"], np.float64)
+            prior = dataset.Shards(models.read_run_config(run).train_config.get("data", "")).ab_prior
         except (FileNotFoundError, ValueError, KeyError):
             continue
+        if prior is not None:
+            return prior.astype(np.float64)
     return None
 
 
@@ -181,16 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         for export in args.export:
             colorizer = Colorizer(export)
             evaluated[colorizer.label] = colorizer.colorize
-        if (args.data / dataset.MANIFEST).exists():
-            splits = dataset.read_manifest(args.data)["splits"]
-            split = args.split or ("test" if splits.get("test", {}).get("tiles") else "val")
-            images = shard_images(args.data, split, args.limit)
+        shards = dataset.Shards(args.data) if (args.data / dataset.MANIFEST).exists() else None
+        if shards is not None:
+            split = args.split or ("test" if "test" in shards.splits and shards.splits["test"].tiles else "val")
+            images = shard_images(shards, split, args.limit)
         elif args.data.is_dir():
             images = islice(folder_images(args.data), args.limit or None)
         else:
             raise FileNotFoundError(f"{args.data}: neither a shards folder nor a folder of photos")
         classifier = classifier_lib.load(args.classifier) if args.classifier else None
-        prior = prior_of(args.data, args.run)
+        prior = prior_of(shards, args.run)
     except (ConfigError, ExportNotFound, FileNotFoundError, ValueError) as error:
         print(f"make evaluate: {error}", file=sys.stderr)
         return 2

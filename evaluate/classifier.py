@@ -53,9 +53,7 @@ class Settings:
 def read_labelled(shards_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Every tile of a split as (uint8 RGB [N, S, S, 3], int64 labels [N]); an error if any tile
     has no label."""
-    compression = dataset.read_manifest(shards_dir)["options"].get("compression") or ""
-    records = tf.data.TFRecordDataset(dataset.shard_paths(shards_dir, split), compression_type=compression)
-    examples = records.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = dataset.Shards(shards_dir).records(split)
     rgb, labels = zip(*((example["rgb"].numpy(), int(example["label"])) for example in examples))
     labels = np.array(labels, np.int64)
     if np.any(labels == schema.NO_LABEL):
@@ -105,10 +103,10 @@ def load(folder: str | Path) -> keras.Model:
 
 def train(shards_dir: str | Path, out_dir: str | Path, settings: Settings = Settings()) -> dict:
     """Trains on the train split, saves the model and its info JSON in `out_dir`, returns the info."""
-    manifest = dataset.read_manifest(shards_dir)
+    shards = dataset.Shards(shards_dir)
     images, labels = read_labelled(shards_dir, "train")
-    classes = len(manifest.get("label_names") or []) or int(labels.max()) + 1
-    held_out = {split: read_labelled(shards_dir, split) for split in ("val", "test") if split in manifest["splits"]}
+    classes = len(shards.label_names or []) or int(labels.max()) + 1
+    held_out = {split: read_labelled(shards_dir, split) for split in ("val", "test") if split in shards.splits}
 
     keras.utils.set_random_seed(settings.seed)
     classifier = build(images.shape[1], classes, settings.width)
@@ -139,7 +137,7 @@ def train(shards_dir: str | Path, out_dir: str | Path, settings: Settings = Sett
     }
     info = {
         "data": str(shards_dir),
-        "label_names": manifest.get("label_names") or [str(index) for index in range(classes)],
+        "label_names": list(shards.label_names or [str(index) for index in range(classes)]),
         "size": int(images.shape[1]),
         "train_tiles": len(images),
         "settings": dataclasses.asdict(settings),

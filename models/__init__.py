@@ -15,15 +15,17 @@ How to add a model `foo`:
      (zhang's `generator.network`) or a view built from the same layers (iizuka's
      `with_global_features`).
   2. Add `"foo": Model(foo.FooConfig, foo.build, foo.PRESETS)` to MODELS below; settings
-     that depend on the training data go in `from_data` (iizuka's class count).
+     that depend on the training data go in `from_data` (iizuka's class count), which
+     gets the data's preprocess.dataset.Shards.
   3. Add a step factory under the same name to STEPS in train/steps.py; a test checks
      that both maps have the same keys. A factory that needs the data's ab prior or class
-     names takes `data=` (train.steps.TrainingData).
+     names takes `ab_prior=` or `label_names=`.
 A config field `temperature` means the generator decodes with one: it takes gray or
 [gray, temperature [B]] (zhang; see export/savedmodel.py).
 
 A run folder (written by `python -m train`, read here so that export/ never imports train/):
-    RUN/config.json   {"model": name, "model_config": {...}, "train_config": {...}, "versions": {...}}
+    RUN/config.json   {"model": name, "model_config": {...}, "train_config": {...},
+                       "data": {"tile_size": ..., "steps_per_epoch": ...}, "versions": {...}}
     RUN/ckpt/         the last checkpoints;  RUN/best/  the one with the best validation score (--best_by)
 """
 
@@ -51,8 +53,8 @@ class Model:
     config: type  # frozen dataclass; its defaults are the paper's
     build: Callable[[Any], dict[str, keras.Model]]
     presets: Mapping[int, Mapping[str, object]]  # tile size -> overrides of the defaults
-    # the shards' manifest -> overrides a new run takes from its data, under the user's own settings
-    from_data: Callable[[dict], Mapping[str, object]] | None = None
+    # the training data (preprocess.dataset.Shards) -> overrides a new run takes from it, under the user's own settings
+    from_data: Callable[[Any], Mapping[str, object]] | None = None
 
 
 MODELS: dict[str, Model] = {
@@ -82,16 +84,20 @@ class SavedRun(NamedTuple):
     model: str
     model_config: Any
     train_config: dict  # as saved; train/config.py turns it back into a TrainConfig
+    data: Mapping[str, int] = {}  # facts of the training data: tile_size, steps_per_epoch
 
 
-def write_run_config(run_dir: str | Path, model: str, model_config: Any, train_config: Any) -> Path:
-    """Write RUN/config.json: everything needed to rebuild the networks and to resume."""
+def write_run_config(run_dir: str | Path, model: str, model_config: Any, train_config: Any,
+                     data: Mapping[str, int] | None = None) -> Path:  # fmt: skip
+    """Write RUN/config.json: everything needed to rebuild the networks, to resume, and to
+    export without the training data (`data`: its tile_size and steps_per_epoch)."""
     path = Path(run_dir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     saved = {
         "model": model,
         "model_config": dataclasses.asdict(model_config),
         "train_config": dataclasses.asdict(train_config),
+        "data": dict(data or {}),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     temporary = path.with_suffix(".json.tmp")
@@ -112,7 +118,7 @@ def read_run_config(run_dir: str | Path) -> SavedRun:
         model_config = from_dict(entry.config, saved["model_config"])
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
-    return SavedRun(saved["model"], model_config, saved["train_config"])
+    return SavedRun(saved["model"], model_config, saved["train_config"], saved.get("data", {}))
 
 
 def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, keras.Model]:
@@ -130,15 +136,22 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
     return networks
 
 
-def working_size(saved: SavedRun) -> int:
-    """The side a run trained at: its crop size, else the tile size of its shards' manifest."""
-    crop = saved.train_config.get("crop_size") or 0
-    if crop:
-        return int(crop)
-    from preprocess import dataset  # the one reader of manifests, with its schema check
+def image_size(crop_size: int, tile_size: int) -> int:
+    """The side of the images a run trains on: its crop size, else the tiles' size."""
+    return crop_size or tile_size
 
-    data = saved.train_config.get("data", "")
-    try:
-        return int(dataset.read_manifest(data)["options"]["size"])
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot tell the run's tile size from its data {data!r} ({error}); pass --size") from None
+
+def working_size(saved: SavedRun) -> int:
+    """The side a run trained at, from its config.json alone."""
+    tile_size = saved.data.get("tile_size")
+    if tile_size is None:  # a run from before config.json recorded it: ask its shards, if still there
+        from preprocess.dataset import Shards
+
+        data = saved.train_config.get("data", "")
+        try:
+            tile_size = Shards(data).tile_size
+        except (OSError, ValueError, KeyError) as error:
+            if not saved.train_config.get("crop_size"):
+                raise ConfigError(f"cannot tell the run's tile size from its data {data!r} ({error}); "
+                                  f"pass --size") from None  # fmt: skip
+    return image_size(int(saved.train_config.get("crop_size") or 0), int(tile_size or 0))

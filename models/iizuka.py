@@ -62,9 +62,10 @@ PRESETS: dict[int, dict[str, object]] = {
 }
 
 
-def from_data(manifest: dict) -> dict[str, object]:
-    """Settings read from the training data: one class output per label name (0 without labels)."""
-    return {"classes": len(manifest.get("label_names") or [])}
+def from_data(shards) -> dict[str, object]:
+    """Settings read from the training data (a preprocess.dataset.Shards): one class output per
+    label name (0 without labels)."""
+    return {"classes": len(shards.label_names or [])}
 
 
 class Resize(keras.layers.Layer):

@@ -1,4 +1,6 @@
-"""Reads the shards written by `python -m preprocess` as a `tf.data` pipeline of training batches.
+"""Reads the shards written by `python -m preprocess`: `Shards(folder)` is the one handle on a
+shard folder that training, evaluation and export ask, and its `batches` the `tf.data`
+pipeline of training batches.
 
 The batch format shared by every model, loop and report:
     gray   float32 [B, H, W, 1]  L / 50 - 1, in [-1, 1]
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from preprocess import color, schema
@@ -18,35 +22,121 @@ from preprocess import color, schema
 MANIFEST = "manifest.json"
 
 
-def read_manifest(shards_dir: str | Path) -> dict:
-    """The manifest of a finished shard folder; a clear error when there is none."""
-    path = Path(shards_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no manifest; make the shards first with `make data OUT={shards_dir}`"
-        ) from None
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: schema version {manifest.get('schema_version')} is not the version this "
-            f"code reads ({schema.SCHEMA_VERSION}); re-run `make data` with --overwrite"
+class Split(NamedTuple):
+    files: tuple[str, ...]  # shard paths, checked to exist when the split is asked for
+    tiles: int
+    photos: int
+
+
+class Shards:
+    """A finished shard folder, opened once: its manifest read and checked here and nowhere else.
+
+    What every stage asks of the folder: `tile_size`, `compression`, `splits` (and `split(name)`,
+    checked), the train split's `ab_prior` (Zhang et al.'s rebalancing), `label_names`, the
+    parsed `records` of a split and the training or evaluation `batches` of the module docstring.
+    A missing manifest or one of another schema version is a clear error naming the file.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        path = self.folder / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no manifest; make the shards first with `make data OUT={folder}`") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a manifest ({error})") from None
+        if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: schema version {manifest.get('schema_version')} is not the version this "
+                f"code reads ({schema.SCHEMA_VERSION}); re-run `make data` with --overwrite"
+            )
+        self.manifest = manifest  # as written by preprocess/shards.py, for what has no property here
+        self.tile_size = int(manifest["options"]["size"])
+        self.compression = manifest["options"].get("compression") or ""
+        self.splits = {
+            name: Split(tuple(str(self.folder / shard) for shard in info["shards"]), int(info["tiles"]),
+                        int(info.get("images", 0)))
+            for name, info in manifest["splits"].items()
+        }  # fmt: skip
+        prior = (manifest.get("ab_prior") or {}).get("counts")
+        # ab_prior: pixel counts [Q] of the train split over color.ab_bins(); None: unknown
+        self.ab_prior = None if prior is None else np.asarray(prior, np.int64)
+        names = manifest.get("label_names")
+        self.label_names = None if names is None else tuple(names)  # label i is label_names[i]; None: no labels
+
+    def __repr__(self) -> str:
+        return f"Shards({str(self.folder)!r})"
+
+    def split(self, name: str) -> Split:
+        """One split, its shard files checked to exist; an error naming the splits there are."""
+        if name not in self.splits or not self.splits[name].files:
+            available = sorted(split for split, info in self.splits.items() if info.files)
+            raise ValueError(f"{self.folder}: no split {name!r}; it has {', '.join(available) or 'no shards'}")
+        files = self.splits[name].files
+        missing = [path for path in files if not Path(path).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.folder}: shard listed in the manifest is missing: {missing[0]}")
+        return self.splits[name]
+
+    def records(self, split: str, limit: int = 0) -> tf.data.Dataset:
+        """The parsed tiles of a split in shard order (schema.parse: rgb, source_id, label); with
+        `limit`, that many spread evenly over the split (shards are often in class order)."""
+        info = self.split(split)
+        records = tf.data.TFRecordDataset(list(info.files), compression_type=self.compression)
+        if limit:
+            records = records.shard(max(1, info.tiles // limit), 0).take(limit)
+        return records.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def batches(
+        self,
+        split: str = "train",
+        batch_size: int = 64,
+        training: bool | None = None,
+        crop_size: int | None = None,
+        shuffle_buffer: int = 4096,
+        seed: int | None = None,
+        drop_remainder: bool | None = None,
+    ) -> tf.data.Dataset:
+        """One pass over a split as batches (see the module docstring); `.repeat()` it for more.
+
+        training (default: split == "train") shuffles shard order and examples and applies
+        random left-right flips and, with `crop_size`, random crops; evaluation takes the centre
+        crop and keeps the order. Training batches drop the remainder so every step has the same
+        shape; evaluation keeps every tile.
+        """
+        training = split == "train" if training is None else training
+        drop_remainder = training if drop_remainder is None else drop_remainder
+        files = tf.data.Dataset.from_tensor_slices(list(self.split(split).files))
+        if training:
+            files = files.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        records = files.interleave(
+            lambda path: tf.data.TFRecordDataset(path, compression_type=self.compression),
+            cycle_length=tf.data.AUTOTUNE,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=not training,
         )
-    return manifest
+        if training:
+            records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
+        def prepare(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            example = schema.parse(serialized)
+            rgb = example["rgb"]
+            if training:
+                rgb = tf.image.random_flip_left_right(rgb, seed=seed)
+                if crop_size:
+                    rgb = tf.image.random_crop(rgb, [crop_size, crop_size, 3], seed=seed)
+            elif crop_size:
+                rgb = tf.image.resize_with_crop_or_pad(rgb, crop_size, crop_size)
+            return rgb, example["label"]
 
-def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
-    """The shard files of one split, checked to exist."""
-    manifest = read_manifest(shards_dir)
-    splits = manifest["splits"]
-    if split not in splits or not splits[split]["shards"]:
-        available = sorted(name for name, info in splits.items() if info["shards"])
-        raise ValueError(f"{shards_dir}: no split {split!r}; it has {', '.join(available) or 'no shards'}")
-    paths = [str(Path(shards_dir) / name) for name in splits[split]["shards"]]
-    missing = [path for path in paths if not Path(path).exists()]
-    if missing:
-        raise FileNotFoundError(f"{shards_dir}: shard listed in the manifest is missing: {missing[0]}")
-    return paths
+        return (
+            records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+            .batch(batch_size, drop_remainder=drop_remainder)
+            # Lab conversion on whole batches: one vectorised op instead of one per tile.
+            .map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
 
 def to_batch(rgb: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -55,53 +145,6 @@ def to_batch(rgb: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"gray": gray, "color": ab, "label": label}
 
 
-def load(
-    shards_dir: str | Path,
-    split: str = "train",
-    batch_size: int = 64,
-    training: bool | None = None,
-    crop_size: int | None = None,
-    shuffle_buffer: int = 4096,
-    seed: int | None = None,
-    drop_remainder: bool | None = None,
-) -> tf.data.Dataset:
-    """One pass over a split as batches (see the module docstring); `.repeat()` it for more.
-
-    training (default: split == "train") shuffles shard order and examples and applies
-    random left-right flips and, with `crop_size`, random crops; evaluation takes the centre
-    crop and keeps the order. Training batches drop the remainder so every step has the same
-    shape; evaluation keeps every tile.
-    """
-    training = split == "train" if training is None else training
-    drop_remainder = training if drop_remainder is None else drop_remainder
-    compression = read_manifest(shards_dir)["options"].get("compression") or ""
-    files = tf.data.Dataset.from_tensor_slices(shard_paths(shards_dir, split))
-    if training:
-        files = files.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
-        cycle_length=tf.data.AUTOTUNE,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training,
-    )
-    if training:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-
-    def prepare(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        example = schema.parse(serialized)
-        rgb = example["rgb"]
-        if training:
-            rgb = tf.image.random_flip_left_right(rgb, seed=seed)
-            if crop_size:
-                rgb = tf.image.random_crop(rgb, [crop_size, crop_size, 3], seed=seed)
-        elif crop_size:
-            rgb = tf.image.resize_with_crop_or_pad(rgb, crop_size, crop_size)
-        return rgb, example["label"]
-
-    return (
-        records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-        .batch(batch_size, drop_remainder=drop_remainder)
-        # Lab conversion on whole batches: one vectorised op instead of one per tile.
-        .map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+def load(shards_dir: str | Path, split: str = "train", batch_size: int = 64, **options) -> tf.data.Dataset:
+    """`Shards(shards_dir).batches(split, batch_size, ...)`, for a one-off read of a folder."""
+    return Shards(shards_dir).batches(split, batch_size, **options)

@@ -234,12 +234,16 @@ def test_a_failed_check_leaves_no_version(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "exports" / "models.config").exists()
 
 
-def test_working_size_defaults_to_the_runs_tiles(tiny_shards):
-    run = models.SavedRun("regression", None, {"data": str(tiny_shards), "crop_size": 0})
-    assert models.working_size(run) == 32  # the shards' tile size
-    assert models.working_size(run._replace(train_config={"data": str(tiny_shards), "crop_size": 16})) == 16
+def test_working_size_comes_from_the_run_folder_alone(tiny_shards):
+    # config.json records the tile size: the training data may be gone by export time
+    run = models.SavedRun("regression", None, {"data": "/gone", "crop_size": 0}, {"tile_size": 48, "steps_per_epoch": 3})
+    assert models.working_size(run) == 48
+    assert models.working_size(run._replace(train_config={"data": "/gone", "crop_size": 16})) == 16
+    # a run from before config.json recorded it: its shards' tile size while they are there, else --size
+    old = models.SavedRun("regression", None, {"data": str(tiny_shards), "crop_size": 0})
+    assert models.working_size(old) == 32
     with pytest.raises(ConfigError, match="--size"):
-        models.working_size(run._replace(train_config={"data": "/nonexistent", "crop_size": 0}))
+        models.working_size(old._replace(train_config={"data": "/nonexistent", "crop_size": 0}))
 
 
 def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):

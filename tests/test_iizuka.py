@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import keras
 import numpy as np
@@ -22,7 +23,7 @@ from train.config import TrainConfig, resolve
 
 TINY = IizukaConfig(base_width=4, global_size=32)
 CLASSES = ("red", "green", "blue", "gray")
-LABELLED = steps.TrainingData(label_names=CLASSES)
+LABELLED = types.SimpleNamespace(ab_prior=None, label_names=CLASSES)  # what a labelled Shards tells the step
 NO_LABELS_MESSAGE = "iizuka: the shards carry no class labels; training without the classification loss"
 
 
@@ -141,7 +142,7 @@ def test_without_labels_the_step_says_so_and_skips_the_class_term(capsys):
     config = IizukaConfig(base_width=4, global_size=32, classes=len(CLASSES))  # a head, but nothing to learn from
     networks = models.build("iizuka", config)
     optimizers = {name: keras.optimizers.Adam(1e-3) for name in networks}
-    step = steps.make("iizuka", config, steps.TrainingData())
+    step = steps.make("iizuka", config, None)
     before = _weights(networks)
     for _ in range(2):
         losses = step(networks, optimizers, _batch())
@@ -158,7 +159,7 @@ def test_mixed_float16_with_two_loss_scales():
     config = IizukaConfig(base_width=4, global_size=32, classes=len(CLASSES))
     train = TrainConfig(precision="mixed_float16", eager=True)
     with loop.runtime(train):
-        training = loop.build("iizuka", config, train, total_steps=2, data=LABELLED)
+        training = loop.build("iizuka", config, train, total_steps=2, shards=LABELLED)
         before = _weights(training.networks)
         for seed in range(2):  # the first step may be skipped while the loss scales settle
             losses, finite = training.train_step(_batch(seed=seed))

@@ -423,6 +423,26 @@ def test_reader_training_augments_and_evaluation_is_stable(tmp_path):
     np.testing.assert_array_equal(first[0]["color"], second[0]["color"])
 
 
+def test_the_shards_handle_tells_what_every_stage_asks(tmp_path):
+    root = photo_folder(tmp_path / "photos", 4)
+    manifest, _ = make(tmp_path / "out", source=f"folder:{root}", size=32, compression="GZIP")
+    shards = dataset.Shards(tmp_path / "out")
+    assert shards.tile_size == 32 and shards.compression == "GZIP"
+    assert {name: (split.tiles, split.photos) for name, split in shards.splits.items()} == {
+        name: (info["tiles"], info["images"]) for name, info in manifest["splits"].items()}
+    assert all(Path(path).exists() for split in shards.splits.values() for path in split.files)
+    np.testing.assert_array_equal(shards.ab_prior, manifest["ab_prior"]["counts"])
+    assert shards.label_names is None
+    records = list(shards.records("train"))
+    assert len(records) == shards.splits["train"].tiles and records[0]["rgb"].shape == (32, 32, 3)
+    assert len(list(shards.records("train", limit=2))) == 2
+    batch = next(iter(shards.batches("train", 2)))
+    assert batch["gray"].shape == (2, 32, 32, 1) and batch["color"].shape == (2, 32, 32, 2)
+    (tmp_path / "out" / dataset.MANIFEST).write_text("{")
+    with pytest.raises(ValueError, match="manifest.json: not a manifest"):
+        dataset.Shards(tmp_path / "out")
+
+
 def test_reader_names_a_missing_manifest_and_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest"):
         dataset.load(tmp_path, "train")

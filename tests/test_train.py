@@ -136,6 +136,19 @@ def test_cli_types_and_presets(tiny_shards, tmp_path):
     assert resolve(_args(tiny_shards, tmp_path, "--preset=32", "--depth=4")).model_config.depth == 4
 
 
+def test_a_run_reads_its_manifest_once_and_records_what_export_needs(tiny_shards, tmp_path, monkeypatch):
+    from preprocess import dataset
+
+    opened = []
+    real_init = dataset.Shards.__init__
+    monkeypatch.setattr(dataset.Shards, "__init__", lambda self, folder: opened.append(folder) or real_init(self, folder))
+    assert main(_args(tiny_shards, tmp_path / "run", "--steps=12", "--val_batches=1", "--log_every=4",
+                      "--eval_every=6")) == 0  # fmt: skip
+    assert len(opened) == 1  # an epoch is 10 steps: the run crossed one
+    saved = models.read_run_config(tmp_path / "run")
+    assert saved.data == {"tile_size": 32, "steps_per_epoch": 10}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -184,7 +184,7 @@ def test_a_compiled_step_gives_finite_losses_and_moves_every_weight():
     networks = models.build("zhang", TINY)
     optimizers = {name: keras.optimizers.Adam(1e-3) for name in networks}
     counts = np.arange(len(color.ab_bins())) % 7
-    step = tf.function(steps.make("zhang", TINY, steps.TrainingData(ab_prior=counts)))
+    step = tf.function(steps.zhang_step(TINY, ab_prior=counts))
     before = [v.numpy().copy() for v in networks["generator"].trainable_variables]
     losses = step(networks, optimizers, _batch())
     assert set(losses) == {"gen/total", "gen/ce"}
@@ -197,7 +197,7 @@ def test_a_compiled_step_gives_finite_losses_and_moves_every_weight():
 def test_without_a_prior_every_pixel_counts_the_same(capsys):
     networks = models.build("zhang", TINY)
     optimizers = {name: keras.optimizers.Adam(1e-3) for name in networks}
-    losses = steps.make("zhang", TINY, steps.TrainingData())(networks, optimizers, _batch())
+    losses = steps.make("zhang", TINY, None)(networks, optimizers, _batch())
     assert float(losses["gen/total"]) == pytest.approx(float(losses["gen/ce"]))
     assert capsys.readouterr().out.count("no ab prior; training without class rebalancing") == 1
 
@@ -225,7 +225,7 @@ def shards_with_prior(tiny_shards, tmp_path_factory):
     shutil.copytree(tiny_shards, out)
     counts = sum(color.ab_histogram(batch["color"].numpy() * color.AB_SCALE)
                  for batch in dataset.load(out, "train", 40, training=False))  # fmt: skip
-    manifest = dataset.read_manifest(out)
+    manifest = dataset.Shards(out).manifest
     manifest["ab_prior"] = {"counts": counts.tolist()}
     (out / dataset.MANIFEST).write_text(json.dumps(manifest))
     return out

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 def synthetic_training(model: str, size: int, batch: int, precision: str) -> Iterator[tuple[Any, dict]]:
     """`model` at its preset for `size`, built as `python -m train` builds it under `precision`,
     and a synthetic batch: yields (train.loop.Training, batch dict) inside the run's runtime."""
+    import numpy as np
     import tensorflow as tf
 
     import models
@@ -41,16 +43,16 @@ def synthetic_training(model: str, size: int, batch: int, precision: str) -> Ite
     from preprocess.sources import CIFAR10_CLASSES
     from train import loop
     from train.config import TrainConfig
-    from train.steps import TrainingData
 
-    # What a CIFAR-10 manifest would give: a prior (zhang's rebalancing) and labels (iizuka's head).
-    manifest = {"ab_prior": {"counts": [1] * len(color.ab_bins())}, "label_names": list(CIFAR10_CLASSES)}
+    # What CIFAR-10 shards would give (as preprocess.dataset.Shards): a prior (zhang's
+    # rebalancing) and labels (iizuka's head).
+    shards = types.SimpleNamespace(ab_prior=np.ones(len(color.ab_bins()), np.int64), label_names=CIFAR10_CLASSES)
     entry = models.get(model)
-    from_data = entry.from_data(manifest) if entry.from_data else {}
+    from_data = entry.from_data(shards) if entry.from_data else {}
     config = from_dict(entry.config, {**entry.presets[size], **from_data})
     train = TrainConfig(batch_size=batch, precision=precision)
     with loop.runtime(train):
-        training = loop.build(model, config, train, data=TrainingData.from_manifest(manifest))
+        training = loop.build(model, config, train, shards=shards)
         rng = tf.random.Generator.from_seed(0)
         yield training, {
             "gray": rng.uniform([batch, size, size, 1], -1, 1),

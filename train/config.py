@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 
 import models
 from models.config import ConfigError, check, field_types, from_dict, override
-from preprocess import dataset
+from preprocess.dataset import Shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,8 @@ class Settings(NamedTuple):
     train: TrainConfig
     preset: int | None  # the preset applied to a new run; None when resuming or unchanged
     resumed: bool  # RUN already had a config.json
+    shards: Shards  # the training data, opened once
+    steps_per_epoch: int
 
 
 SPECIAL_KEYS = ("model", "preset")
@@ -93,21 +95,23 @@ def split_args(argv: list[str]) -> dict[str, str | bool]:
     return values
 
 
-def _image_size(train: TrainConfig) -> int:
-    """Side of the training images (the crop, else the tiles), after checking the shard folder."""
+def open_data(train: TrainConfig) -> tuple[Shards, int]:
+    """The training data, checked to have train and val splits, and the steps of one epoch."""
     if not train.data:
         raise ConfigError("--data is required: the shard folder written by `make data`")
     try:
-        manifest = dataset.read_manifest(train.data)
+        shards = Shards(train.data)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--data={train.data}: {error}") from None
     for split in ("train", "val"):
-        if not manifest["splits"].get(split, {}).get("shards"):
+        if not shards.splits.get(split) or not shards.splits[split].files:
             raise ConfigError(f"--data={train.data}: no {split} split; training needs train and val shards")
-    tile_size = int(manifest["options"]["size"])
-    if train.crop_size > tile_size:
-        raise ConfigError(f"--crop_size={train.crop_size} is larger than the {tile_size} px tiles of {train.data}")
-    return train.crop_size or tile_size
+    if train.crop_size > shards.tile_size:
+        raise ConfigError(f"--crop_size={train.crop_size} is larger than the {shards.tile_size} px tiles of {train.data}")
+    tiles = shards.splits["train"].tiles
+    if tiles < train.batch_size:
+        raise ConfigError(f"--batch_size={train.batch_size} is more than the {tiles} training tiles")
+    return shards, tiles // train.batch_size
 
 
 def _check_bare_flags(values: dict[str, str | bool], types: dict[str, Any]) -> None:
@@ -152,12 +156,13 @@ def resolve(argv: list[str]) -> Settings:
     if saved and (base_train.precision == "mixed_float16") != (train.precision == "mixed_float16"):
         raise ConfigError(f"{run} was trained with --precision={base_train.precision}; mixed_float16 adds loss-scale "
                           f"state to the optimizers, so it cannot be switched on or off in a resumed run")  # fmt: skip
-    image_size = _image_size(train)
+    shards, per_epoch = open_data(train)
+    image_size = models.image_size(train.crop_size, shards.tile_size)
 
     preset_size = _preset_size(preset, entry, image_size, resumed)
     base_model = saved.model_config if saved else entry.config()
     preset_values = dict(entry.presets[preset_size]) if preset_size is not None else {}
-    data_values = dict(entry.from_data(dataset.read_manifest(train.data))) if entry.from_data and not saved else {}
+    data_values = dict(entry.from_data(shards)) if entry.from_data and not saved else {}
     model_config = override(base_model, {**preset_values, **data_values, **model_values})
 
     if saved and model_config != saved.model_config:
@@ -173,7 +178,7 @@ def resolve(argv: list[str]) -> Settings:
             f"--model={name} needs image sides divisible by {model_config.stride}; the training images are "
             f"{image_size} px: pick another --preset, --depth or --crop_size"
         )
-    return Settings(name, model_config, train, preset_size, resumed)
+    return Settings(name, model_config, train, preset_size, resumed, shards, per_epoch)
 
 
 def _preset_size(preset: object, entry: models.Model, image_size: int, resumed: bool) -> int | None:

@@ -174,12 +174,11 @@ class Training:
 
 
 def build(model: str, model_config, train: TrainConfig, total_steps: int | None = None,
-          strategy: tf.distribute.Strategy | None = None,
-          data: steps_lib.TrainingData = steps_lib.TrainingData()) -> Training:  # fmt: skip
+          strategy: tf.distribute.Strategy | None = None, shards: dataset.Shards | None = None) -> Training:  # fmt: skip
     """Networks, optimizers (variables created, ready to restore), state and compiled step.
 
-    `data`: what the shards' manifest tells the steps that need it (zhang's ab prior,
-    iizuka's class labels); without it those train without rebalancing or class loss.
+    `shards`: the training data, for the steps that need more than its batches (zhang's ab
+    prior, iizuka's class labels); without it those train without rebalancing or class loss.
 
     Call inside `runtime(train)`. For a benchmark:
         with runtime(train): training = build("cgan", config, train)
@@ -220,7 +219,7 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
         **{f"{name}_variables": list(network.variables) for name, network in networks.items()},
     )
 
-    step = steps_lib.make(model, model_config, data)
+    step = steps_lib.make(model, model_config, shards)
 
     def train_step(batch):
         losses = strategy.run(step, args=(networks, optimizers, batch))
@@ -235,20 +234,14 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
     return Training(strategy, networks, optimizers, state, checkpoint, train_step)
 
 
-def steps_per_epoch(train: TrainConfig) -> int:
-    tiles = dataset.read_manifest(train.data)["splits"]["train"]["tiles"]
-    if tiles < train.batch_size:
-        raise ConfigError(f"--batch_size={train.batch_size} is more than the {tiles} training tiles")
-    return tiles // train.batch_size
-
-
-def train_batches(train: TrainConfig, strategy: tf.distribute.Strategy, start: int, per_epoch: int) -> Iterator:
+def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distribute.Strategy, start: int,
+                  per_epoch: int) -> Iterator:  # fmt: skip
     """The batches of steps start, start+1, ...: each a function of its step number alone."""
     step = start
     while True:
         epoch, offset = divmod(step, per_epoch)
-        batches = dataset.load(train.data, "train", train.batch_size, training=True,
-                               crop_size=train.crop_size or None, seed=train.seed + epoch)  # fmt: skip
+        batches = shards.batches("train", train.batch_size, training=True, crop_size=train.crop_size or None,
+                                 seed=train.seed + epoch)  # fmt: skip
         batches = batches.take(per_epoch).skip(offset)
         for batch in strategy.experimental_distribute_dataset(batches):
             yield batch
@@ -393,10 +386,9 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
     train = settings.train
     run_dir = Path(train.run)
     chief = is_chief(strategy)
-    per_epoch = steps_per_epoch(train)
+    shards, per_epoch = settings.shards, settings.steps_per_epoch
     total = train.steps or train.epochs * per_epoch
-    data = steps_lib.TrainingData.from_manifest(dataset.read_manifest(train.data))
-    training = build(settings.model, settings.model_config, train, total, strategy, data)
+    training = build(settings.model, settings.model_config, train, total, strategy, shards)
     # Every worker takes part in a save; only the chief's lands in the run folder.
     checkpoint_dir = run_dir / models.CHECKPOINT_DIR if chief else Path(tempfile.mkdtemp())
     best_dir = run_dir / models.BEST_DIR if chief else Path(tempfile.mkdtemp())
@@ -409,7 +401,8 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
             message = str(error).strip().splitlines()[0]
             raise ConfigError(f"{manager.latest_checkpoint} does not fit this model: {message}") from None
     if chief:  # only now: a resume refused above must leave the run's settings as they were
-        models.write_run_config(run_dir, settings.model, settings.model_config, train)
+        models.write_run_config(run_dir, settings.model, settings.model_config, train,
+                                {"tile_size": shards.tile_size, "steps_per_epoch": per_epoch})  # fmt: skip
     start = int(training.state["step"].numpy())
     if start >= total:
         print(f"{run_dir}: already at step {start} of {total}; nothing to train")
@@ -422,11 +415,10 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
         target.save(checkpoint_number=step)
 
     generator = training.networks["generator"]
-    evaluate = make_evaluate(generator, train, data.ab_prior)
+    evaluate = make_evaluate(generator, train, shards.ab_prior)
     crop = train.crop_size or None
-    val_batches = dataset.load(train.data, "val", train.batch_size, training=False, crop_size=crop)
-    val_batches = val_batches.take(train.val_batches)
-    fixed = next(iter(dataset.load(train.data, "val", train.sample_images, training=False, crop_size=crop)))
+    val_batches = shards.batches("val", train.batch_size, training=False, crop_size=crop).take(train.val_batches)
+    fixed = next(iter(shards.batches("val", train.sample_images, training=False, crop_size=crop)))
 
     log = RunLog(run_dir, start, enabled=chief)
     interval, epoch = _Means(), _Means()
@@ -438,7 +430,7 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
                     desc=f"{settings.model} {run_dir.name}")  # fmt: skip
     if start:
         progress.write(f"resuming {run_dir} at step {start} of {total}")
-    batches = islice(train_batches(train, strategy, start, per_epoch), total - start)
+    batches = islice(train_batches(train, shards, strategy, start, per_epoch), total - start)
     try:
         for step, batch in enumerate(batches, start + 1):
             losses, finite = training.train_step(batch)

@@ -6,8 +6,9 @@ the dict of preprocess/dataset.py (gray [B, H, W, 1], color [B, H, W, 2], both i
 [-1, 1]), and losses maps names such as "gen/total" to float32 scalars: means over this
 replica's part of the batch, in model scaling (an ab error of 0.01 is 1.1 Lab units).
 
-A factory that needs to know the training data beyond its batches (zhang's ab prior,
-iizuka's class labels) also takes `data=` (a TrainingData); `make` passes it to those.
+A factory that needs to know the training data beyond its batches takes `ab_prior=`
+(zhang) or `label_names=` (iizuka); `make` gives each what it takes, from the training
+data's `preprocess.dataset.Shards`.
 
 The loop runs a step inside `strategy.run`, compiled by tf.function unless --eager, and
 owns everything else (logging, checkpoints, NaN guard). Steps write no summaries.
@@ -33,20 +34,6 @@ from preprocess import color
 
 Losses = dict[str, tf.Tensor]
 Step = Callable[[dict[str, keras.Model], dict[str, keras.optimizers.Optimizer], dict[str, tf.Tensor]], Losses]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """What the training data's manifest (preprocess/dataset.py) says beyond its batches."""
-
-    ab_prior: np.ndarray | None = None  # pixel counts [Q] of the train split over color.ab_bins(); None: unknown
-    label_names: tuple[str, ...] | None = None  # class names (label i is label_names[i]); None: no labels
-
-    @classmethod
-    def from_manifest(cls, manifest: dict) -> TrainingData:
-        prior = manifest.get("ab_prior", {}).get("counts")
-        names = manifest.get("label_names")
-        return cls(None if prior is None else np.asarray(prior, np.int64), None if names is None else tuple(names))
 
 
 def binary_cross_entropy(target: float, logits: tf.Tensor) -> tf.Tensor:
@@ -149,19 +136,19 @@ def weighted_cross_entropy(logits: tf.Tensor, targets: tf.Tensor, weights: tf.Te
     return tf.reduce_mean(pixel_weight * pixel), tf.reduce_mean(pixel)
 
 
-def zhang_step(config: ZhangConfig, data: TrainingData = TrainingData()) -> Step:
+def zhang_step(config: ZhangConfig, ab_prior: np.ndarray | None = None) -> Step:
     """Zhang et al.: rebalanced cross-entropy of the logits against soft-encoded colour.
 
-    The rebalancing weights come from the training data's ab prior (see
-    models.zhang.rebalance_weights); without one every pixel counts the same.
+    The rebalancing weights come from the training data's ab prior (pixel counts [Q] over
+    color.ab_bins(); see models.zhang.rebalance_weights); without one every pixel counts the same.
     """
-    if data.ab_prior is None:
+    if ab_prior is None:
         print("zhang: the shards' manifest has no ab prior; training without class rebalancing")
         weights = np.ones(len(color.ab_bins()))
         decode_weights = weights
     else:
-        weights = zhang.rebalance_weights(data.ab_prior, config.rebalance_lambda, config.prior_sigma)
-        decode_weights = zhang.rebalance_weights(data.ab_prior, 0.5, config.prior_sigma)
+        weights = zhang.rebalance_weights(ab_prior, config.rebalance_lambda, config.prior_sigma)
+        decode_weights = zhang.rebalance_weights(ab_prior, 0.5, config.prior_sigma)
     weights = tf.constant(weights, tf.float32)  # [Q]
     log_decode_weights = tf.constant(np.log(decode_weights), tf.float32)  # [Q]
 
@@ -190,7 +177,7 @@ def class_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(per_example * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
 
 
-def iizuka_step(config: IizukaConfig, data: TrainingData = TrainingData()) -> Step:
+def iizuka_step(config: IizukaConfig, label_names: tuple[str, ...] | None = None) -> Step:
     """Iizuka et al.: MSE of the colour plus lambda_class times the class cross-entropy.
 
     The paper's MSE is on ab scaled to the sigmoid's [0, 1], a quarter of the MSE in model
@@ -198,7 +185,7 @@ def iizuka_step(config: IizukaConfig, data: TrainingData = TrainingData()) -> St
         gen/total = gen/mse / 4 + lambda_class * gen/class
     Without labels in the data (or with --classes=0) the class term is left out.
     """
-    labels = len(data.label_names or ())
+    labels = len(label_names or ())
     if labels > config.classes > 0:
         raise ConfigError(f"--classes={config.classes}: the shards have {labels} classes")
     with_classes = labels > 0 and config.classes > 0
@@ -254,9 +241,13 @@ def get(name: str) -> Callable[..., Step]:
     return STEPS[name]
 
 
-def make(name: str, config, data: TrainingData = TrainingData()) -> Step:
-    """The step of model `name`; `data` goes to the factories that take it (zhang, iizuka)."""
+# What a step factory may take from the training data: attributes of preprocess.dataset.Shards.
+DATA_FACTS = ("ab_prior", "label_names")
+
+
+def make(name: str, config, shards=None) -> Step:
+    """The step of model `name`. `shards` (a preprocess.dataset.Shards, or anything with its
+    ab_prior and label_names) gives the factories that take them those facts; None: unknown."""
     factory = get(name)
-    if "data" in inspect.signature(factory).parameters:
-        return factory(config, data=data)
-    return factory(config)
+    wanted = [key for key in inspect.signature(factory).parameters if key in DATA_FACTS]
+    return factory(config, **{key: getattr(shards, key, None) for key in wanted})
