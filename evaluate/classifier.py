@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,10 +28,9 @@ quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines 
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from evaluate.metrics import grayscale  # noqa: E402
-from preprocess import dataset, schema  # noqa: E402
+from preprocess import atomic, dataset, schema  # noqa: E402
 
 MODEL_FILE = "classifier.keras"
 INFO_FILE = "classifier.json"
@@ -146,13 +144,9 @@ def train(shards_dir: str | Path, out_dir: str | Path, settings: Settings = Sett
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # temporary names then os.replace: a reader never loads half a model
-    temporary = out_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
-    classifier.save(temporary)
-    os.replace(temporary, out_dir / MODEL_FILE)
-    temporary = out_dir / f".tmp-{os.getpid()}-{INFO_FILE}"
-    temporary.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(temporary, out_dir / INFO_FILE)
+    with atomic.replacing(out_dir / MODEL_FILE) as temporary:  # a reader never loads half a model
+        classifier.save(temporary)
+    atomic.write_text(out_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from PIL import Image, ImageOps  # noqa: E402
 
 from evaluate import metrics  # noqa: E402
 from evaluate.classifier import semantic_accuracy  # noqa: E402
+from preprocess import atomic  # noqa: E402
 from preprocess.preview import pairs_grid, save_png  # noqa: E402
 
 BASELINE = "baseline"  # the input itself: the original L with a = b = 0
@@ -101,8 +101,8 @@ def evaluate(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(out_dir / "metrics.json", json.dumps(results, indent=1) + "\n")
-    _write_text(out_dir / "metrics.md", markdown(results))
+    atomic.write_text(out_dir / "metrics.json", json.dumps(results, indent=1) + "\n")
+    atomic.write_text(out_dir / "metrics.md", markdown(results))
     if grid_rows:
         save_png(_grid(grid_rows), out_dir / "grid.png")
     plot_tradeoff(results, out_dir / "tradeoff.png")
@@ -155,11 +155,9 @@ def plot_by_epoch(
     if baseline is not None:
         axes.flat[0].legend(fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    figure.savefig(temporary, format="png", dpi=100)
+    with atomic.replacing(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def plot_tradeoff(results: dict, path: str | Path) -> None:
@@ -195,11 +193,9 @@ def plot_tradeoff(results: dict, path: str | Path) -> None:
     axis.set_ylabel(LABELS["psnr"])
     axis.legend(fontsize=7)
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    figure.savefig(temporary, format="png", dpi=100)
+    with atomic.replacing(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def _columns(mean: dict[str, float]) -> list[str]:
@@ -221,8 +217,3 @@ def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
     # side by side only while a cell is narrow, so the grid stays readable with many models
     return pairs_grid(columns, per_row=2 if len(columns) <= 4 else 1)
 
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)

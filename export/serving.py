@@ -9,7 +9,6 @@ ready, so the first user does not wait for the graph's one-off optimisation.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from export import savedmodel
+from preprocess import atomic
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MODELS_CONFIG = "models.config"
@@ -80,8 +80,4 @@ def write_models_config(exports_dir: Path, serving_root: str) -> Path:
             entry.name = folder.name
             entry.base_path = f"{serving_root.rstrip('/')}/{folder.name}"
             entry.model_platform = "tensorflow"
-    path = Path(exports_dir) / MODELS_CONFIG
-    temporary = path.with_name(f".{MODELS_CONFIG}.tmp")
-    temporary.write_text(text_format.MessageToString(config))
-    os.replace(temporary, path)
-    return path
+    return atomic.write_text(Path(exports_dir) / MODELS_CONFIG, text_format.MessageToString(config))

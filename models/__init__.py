@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from models import iizuka, pix2pix, regression, zhang
 from models.config import ConfigError, from_dict
+from preprocess import atomic
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "ckpt"
@@ -100,10 +101,7 @@ def write_run_config(run_dir: str | Path, model: str, model_config: Any, train_c
         "data": dict(data or {}),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(saved, indent=2) + "\n")
-    temporary.replace(path)  # a crash mid-write must not leave a run that cannot resume
-    return path
+    return atomic.write_text(path, json.dumps(saved, indent=2) + "\n")  # a crash mid-write must not leave a run that cannot resume
 
 
 def read_run_config(run_dir: str | Path) -> SavedRun:

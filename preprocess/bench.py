@@ -26,7 +26,7 @@ quiet_tensorflow()  # before anything imports TensorFlow: a benchmark's report s
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from preprocess import dataset, shards  # noqa: E402
+from preprocess import atomic, dataset, shards  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -56,9 +56,7 @@ def write_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic.write_text(path, text)
 
 
 def synthetic_photos(folder: Path, count: int, height: int, width: int) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from preprocess import color, dataset
+from preprocess import atomic, color, dataset
 
 
 def pairs_grid(columns: list[np.ndarray], per_row: int = 4, gap: int = 4, min_side: int = 96) -> np.ndarray:
@@ -28,11 +27,8 @@ def pairs_grid(columns: list[np.ndarray], per_row: int = 4, gap: int = 4, min_si
 
 def save_png(image: np.ndarray, path: str | Path) -> None:
     """Writes a uint8 image under a temporary name first, so a reader never sees half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(image).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    with atomic.replacing(path) as temporary:
+        Image.fromarray(image).save(temporary, format="PNG")
 
 
 def contact_sheet(shards_dir: str | Path, path: str | Path, count: int = 16, scan: int = 4096) -> None:

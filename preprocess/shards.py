@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from preprocess import color, schema, sources, tiles
+from preprocess import atomic, color, schema, sources, tiles
 from preprocess.dataset import MANIFEST
 from preprocess.images import DEFAULT_MAX_PIXELS
 
@@ -178,9 +178,7 @@ def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
+    atomic.write_text(path, json.dumps(value, indent=1))
 
 
 def _init_worker() -> None:

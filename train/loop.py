@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 import models
 from models.config import ConfigError
-from preprocess import color, dataset
+from preprocess import atomic, color, dataset
 from train import steps as steps_lib
 from train.config import Settings, TrainConfig
 from train.summaries import RunLog
@@ -467,7 +467,7 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
                     training.state["best_score"].assign(score)
                     save(best_manager, step)
                     if chief:
-                        (best_dir / BEST_FILE).write_text(json.dumps({"step": step, **val}) + "\n")
+                        atomic.write_text(best_dir / BEST_FILE, json.dumps({"step": step, **val}) + "\n")
 
             if step % train.log_every == 0 or scheduled_eval or final:
                 log.loss_curves()

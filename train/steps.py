@@ -16,7 +16,6 @@ owns everything else (logging, checkpoints, NaN guard). Steps write no summaries
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable
 

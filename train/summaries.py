@@ -27,6 +27,8 @@ from matplotlib.figure import Figure  # the bare Figure draws with Agg: no displ
 from PIL import Image
 from tensorflow.core.framework import summary_pb2
 
+from preprocess import atomic
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVES_FILE = "loss_curves.png"
 
@@ -76,7 +78,7 @@ class RunLog:
         self.writer = tf.summary.create_file_writer(str(self.run_dir / "logs"))
         if self.metrics_path.exists():
             kept = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+            atomic.write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Scalars to TensorBoard and metrics.jsonl."""
@@ -97,7 +99,8 @@ class RunLog:
             write_image("samples/gray_generated_real", grid, step)
         scale = max(1, math.ceil(MIN_SAMPLE_SIDE / rows.shape[1]))
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
-        Image.fromarray(grid.repeat(scale, axis=0).repeat(scale, axis=1)).save(path)
+        with atomic.replacing(path) as temporary:
+            Image.fromarray(grid.repeat(scale, axis=0).repeat(scale, axis=1)).save(temporary)
         return path
 
     def loss_curves(self) -> None:
@@ -122,7 +125,8 @@ class RunLog:
             axis.legend(fontsize="small")
             axis.grid(alpha=0.3)
         axes[-1].set_xlabel("step")
-        figure.savefig(self.run_dir / LOSS_CURVES_FILE, dpi=90)
+        with atomic.replacing(self.run_dir / LOSS_CURVES_FILE) as temporary:
+            figure.savefig(temporary, dpi=90)
 
     def close(self) -> None:
         self.writer.close()
