@@ -21,6 +21,9 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,6 +72,50 @@ def plan(inputs: list[Path], output: Path, extension: str) -> tuple[list[Job], l
             else:
                 jobs[target] = Job(source, target)
     return list(jobs.values()), skipped
+
+
+# Photos decoded ahead of the graph, and what one graph call takes: up to BATCH_PHOTOS photos
+# of one size, BATCH_PIXELS pixels in all (a 12-megapixel photo goes alone).
+LOADERS = 2
+BATCH_PHOTOS = 64
+BATCH_PIXELS = 1 << 21
+
+
+def read_ahead(pool: ThreadPoolExecutor, load: Callable, jobs: list[Job]) -> Iterator:
+    """load(job) for each job in order, decoded in `pool`'s threads (Pillow releases the GIL)
+    while the graph colorizes, at most 2 x LOADERS photos ahead so memory stays bounded."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(load, job))
+        if len(pending) > 2 * LOADERS:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _load(job: Job, max_pixels: int) -> tuple[Job, np.ndarray | str]:
+    """(job, its uint8 RGB photo), or (job, why it cannot be read)."""
+    try:
+        return job, load_photo(job.source, max_pixels)
+    except UnusableImage as error:
+        return job, error.reason
+
+
+def same_size_batches(loaded: Iterable[tuple[Job, np.ndarray | str]],
+                      skip: Callable[[Job, str], None]) -> Iterator[list[tuple[Job, np.ndarray]]]:  # fmt: skip
+    """Consecutive readable photos of one shape, grouped (see BATCH_PHOTOS); the others go to `skip`."""
+    batch: list[tuple[Job, np.ndarray]] = []
+    for job, rgb in loaded:
+        if isinstance(rgb, str):
+            skip(job, rgb)
+            continue
+        if batch and (rgb.shape != batch[0][1].shape or len(batch) == BATCH_PHOTOS
+                      or (len(batch) + 1) * rgb.shape[0] * rgb.shape[1] > BATCH_PIXELS):  # fmt: skip
+            yield batch
+            batch = []
+        batch.append((job, rgb))
+    if batch:
+        yield batch
 
 
 def save(rgb: np.ndarray, target: Path, extension: str) -> None:
@@ -140,22 +187,31 @@ def main(argv: list[str] | None = None) -> int:
     started, written, pixels = time.perf_counter(), 0, 0
     for source, reason in skipped:
         print(f"skipped {source}: {reason}", file=sys.stderr)
-    progress = tqdm(jobs, unit="photo", desc="colorize", file=sys.stderr, disable=None)
-    for job in progress:
-        try:
-            rgb = load_photo(job.source, args.max_pixels)
-            save(colorizer.colorize(rgb, args.size, args.temperature), job.target, args.format)
-        except UnusableImage as error:
-            skipped.append((job.source, error.reason))
-        except tf.errors.OpError as error:  # e.g. out of memory for this photo
-            skipped.append((job.source, f"colorization failed ({error.message.splitlines()[0]})"))
-        except OSError as error:
-            skipped.append((job.source, f"cannot write {job.target}: {error.strerror}"))
-        else:
-            written += 1
-            pixels += rgb.shape[0] * rgb.shape[1]
-            continue
-        tqdm.write(f"skipped {job.source}: {skipped[-1][1]}", file=sys.stderr)
+    progress = tqdm(total=len(jobs), unit="photo", desc="colorize", file=sys.stderr, disable=None)
+
+    def skip(job: Job, reason: str) -> None:
+        skipped.append((job.source, reason))
+        tqdm.write(f"skipped {job.source}: {reason}", file=sys.stderr)
+
+    with ThreadPoolExecutor(LOADERS) as loaders:
+        loaded = read_ahead(loaders, lambda job: _load(job, args.max_pixels), jobs)
+        for batch in same_size_batches(loaded, skip):
+            try:
+                colorized = colorizer.colorize_batch(np.stack([rgb for _, rgb in batch]), args.size, args.temperature)
+            except tf.errors.OpError as error:  # e.g. out of memory for these photos
+                for job, _ in batch:
+                    skip(job, f"colorization failed ({error.message.splitlines()[0]})")
+                progress.update(len(batch))
+                continue
+            for (job, rgb), output in zip(batch, colorized):
+                try:
+                    save(output, job.target, args.format)
+                except OSError as error:
+                    skip(job, f"cannot write {job.target}: {error.strerror}")
+                else:
+                    written += 1
+                    pixels += rgb.shape[0] * rgb.shape[1]
+            progress.update(len(batch))
     progress.close()
 
     seconds = time.perf_counter() - started

@@ -140,7 +140,9 @@ def colorize_pixels(
     inputs = gray if temperature is None else [gray, temperature]
     fake_color = generator(inputs, training=False)  # [N, h, w, 2] in [-1, 1]
 
-    rows_per_stripe = tf.maximum(1, stripe_pixels // tf.maximum(batch * width, 1))
+    # Never taller than the photo: a small photo is one stripe of its own height, not a
+    # stripe of stripe_pixels whose repeated bottom rows would cost ~15x a 32 px photo's work.
+    rows_per_stripe = tf.clip_by_value(stripe_pixels // tf.maximum(batch * width, 1), 1, tf.maximum(height, 1))
     stripes = (height + rows_per_stripe - 1) // rows_per_stripe
 
     def stripe(index: tf.Tensor) -> tf.Tensor:

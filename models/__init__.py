@@ -130,8 +130,26 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
         raise FileNotFoundError(f"{run_dir}: no {checkpoint} checkpoint in {folders[checkpoint]}")
     # Optimizer slots and loop state are in the file too; only the weights are wanted here.
     status = tf.train.Checkpoint(**networks).restore(path).expect_partial()
-    status.assert_existing_objects_matched()
+    assert_restored(status, path, networks)
     return networks
+
+
+# Weights added to a model after checkpoints of it exist, which such checkpoints may lack:
+# they keep their initial values (zhang's log_rebalance: zeros, no rebalancing at decoding).
+ADDED_LATER = ("log_rebalance",)
+
+
+def assert_restored(status, path: str, networks: dict[str, keras.Model]) -> None:
+    """`status.assert_existing_objects_matched()`, except for ADDED_LATER weights missing from `path`."""
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        stored = {name for name, _ in tf.train.list_variables(path)}
+        missing = [variable for network in networks.values() for variable in network.variables
+                   if variable.name in ADDED_LATER
+                   and not any(f"/{variable.name}/" in name for name in stored)]  # fmt: skip
+        if not missing or f"Found {len(missing)} Python objects" not in str(error):
+            raise
 
 
 def image_size(crop_size: int, tile_size: int) -> int:

@@ -150,3 +150,23 @@ def test_loader_reads_uploads_and_guards_against_bombs():
         load_photo(io.BytesIO(data.getvalue()), max_pixels=500)  # 1,200 pixels
     with pytest.raises(UnusableImage, match="upload.png: empty file"):
         load_photo(io.BytesIO(b""), name="upload.png")
+
+
+def test_a_folder_of_small_photos_is_colorized_in_batches_as_each_alone(exported, tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sizes = [(16, 24)] * 5 + [(24, 16)] * 2 + [(16, 24)] * 3  # runs of one size, broken by another
+    for i, (height, width) in enumerate(sizes):
+        Image.fromarray(photo(height, width, seed=i)).save(folder / f"p{i:02d}.png")
+    (folder / "p05.png").write_bytes(b"not an image")  # inside the second run
+    calls = []
+    real = Colorizer.colorize_batch
+    monkeypatch.setattr(Colorizer, "colorize_batch", lambda self, rgb, *a: calls.append(len(rgb)) or real(self, rgb, *a))
+    monkeypatch.setattr(colorize, "BATCH_PHOTOS", 3)
+    assert colorize.main(["--model", str(exported.parent), "--output", str(tmp_path / "out"), str(folder)]) == 0
+    assert calls == [3, 2, 1, 3]  # p00-02, p03-04 | p06 | p07-09: at most 3, one shape each
+    colorizer = Colorizer(exported)
+    for i in (0, 4, 6, 9):
+        alone = colorizer.colorize(np.asarray(Image.open(folder / f"p{i:02d}.png").convert("RGB")))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"p{i:02d}.png")), alone)
+    assert not (tmp_path / "out" / "p05.png").exists()

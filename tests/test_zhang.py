@@ -319,3 +319,25 @@ def test_the_step_stores_the_decoding_weights_in_the_generator(shards_with_prior
     plain = generator(gray).numpy()
     generator.decode_rebalance = 1.0
     assert np.abs(generator(gray).numpy() - plain).max() > 1e-3
+
+
+def test_a_checkpoint_from_before_log_rebalance_still_loads_and_other_gaps_still_fail(tmp_path):
+    config = ZhangConfig(base_width=2)
+    networks = models.build("zhang", config)
+    models.write_run_config(tmp_path, "zhang", config, TrainConfig())
+
+    class OldGenerator(tf.Module):  # the generator as saved before it had log_rebalance
+        def __init__(self, network):
+            self.network = network
+
+    tf.train.Checkpoint(generator=OldGenerator(networks["generator"].network)).save(str(tmp_path / "best" / "ckpt"))
+    rebuilt = models.build_from_run(tmp_path)["generator"]
+    np.testing.assert_array_equal(rebuilt.log_rebalance.numpy(), 0.0)
+    gray = tf.random.uniform([1, 16, 16, 1], -1.0, 1.0, seed=3)
+    np.testing.assert_array_equal(rebuilt.network(gray), networks["generator"].network(gray))
+
+    other = tmp_path / "other"
+    models.write_run_config(other, "zhang", ZhangConfig(base_width=4), TrainConfig())
+    shutil.copytree(tmp_path / "best", other / "best")
+    with pytest.raises((AssertionError, ValueError)):
+        models.build_from_run(other)

@@ -396,7 +396,8 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
     best_manager = tf.train.CheckpointManager(training.checkpoint, best_dir, max_to_keep=1)
     if manager.latest_checkpoint:
         try:
-            training.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            status = training.checkpoint.restore(manager.latest_checkpoint)
+            models.assert_restored(status, manager.latest_checkpoint, training.networks)
         except (AssertionError, tf.errors.OpError) as error:
             message = str(error).strip().splitlines()[0]
             raise ConfigError(f"{manager.latest_checkpoint} does not fit this model: {message}") from None
