@@ -17,9 +17,7 @@ arguments (no export, a missing INPUT, no photos found).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +34,7 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from export import PRETRAINED  # noqa: E402
+from preprocess import atomic  # noqa: E402
 from export.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnusableImage, load_photo  # noqa: E402
 
 # zlib level 1: on a 12-megapixel photo 5x faster than Pillow's default 6, files about as large.
@@ -119,17 +118,10 @@ def same_size_batches(loaded: Iterable[tuple[Job, np.ndarray | str]],
 
 
 def save(rgb: np.ndarray, target: Path, extension: str) -> None:
-    """Write uint8 RGB [H, W, 3] to `target` whole or not at all (a temporary file, renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write uint8 RGB [H, W, 3] to `target` whole or not at all (preprocess/atomic.py)."""
     image_format, options = FORMATS[extension]
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            Image.fromarray(rgb).save(file, format=image_format, **options)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic.replacing(target) as temporary:
+        Image.fromarray(rgb).save(temporary, format=image_format, **options)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

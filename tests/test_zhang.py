@@ -250,7 +250,7 @@ def test_a_run_uses_the_prior_and_rebuilds_from_its_folder(shards_with_prior, tm
 
 def test_the_loops_checkpoint_restores_into_a_fresh_build(tmp_path):
     """The generator wraps its network: saved once, restored whole by build_from_run."""
-    train = TrainConfig(eager=True)
+    train = TrainConfig(eager=True, precision="float32")  # rebuilt outside training: float32
     with loop.runtime(train):
         training = loop.build("zhang", TINY, train, total_steps=1)
         training.train_step(_batch())
