@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from models import iizuka, pix2pix, regression, zhang
+from models import cyclegan, iizuka, pix2pix, regression, zhang
 from models.config import ConfigError, from_dict
 from preprocess import atomic
 
@@ -63,6 +63,7 @@ MODELS: dict[str, Model] = {
     "regression": Model(regression.RegressionConfig, regression.build, regression.PRESETS),
     "zhang": Model(zhang.ZhangConfig, zhang.build, zhang.PRESETS),
     "iizuka": Model(iizuka.IizukaConfig, iizuka.build, iizuka.PRESETS, iizuka.from_data),
+    "cyclegan": Model(cyclegan.CycleGANConfig, cyclegan.build, cyclegan.PRESETS),
 }
 
 

@@ -46,11 +46,13 @@ PRESETS: dict[int, dict[str, object]] = {
 }
 
 
-def patchgan_discriminator(config: CGANConfig, name: str = "discriminator") -> keras.Model:
+def patchgan_discriminator(config: CGANConfig, name: str = "discriminator",
+                           inputs: tuple[str, ...] = ("gray", "color")) -> keras.Model:  # fmt: skip
     """[gray [B, H, W, 1], color [B, H, W, 2]] -> logits [B, H / 2**disc_layers, W / 2**disc_layers, 1].
 
     One float32 logit per patch (real > 0). With 4x4 kernels the receptive field is 70 px
-    for disc_layers=3, 34 for 2, 16 for 1.
+    for disc_layers=3, 34 for 2, 16 for 1. `inputs=("gray",)` judges a gray image alone
+    (cyclegan's discriminator_gray); any config with the disc_* fields and kernel_size serves.
     """
     init = keras.initializers.RandomNormal(stddev=unet.INITIALIZER_STDDEV)
 
@@ -60,9 +62,9 @@ def patchgan_discriminator(config: CGANConfig, name: str = "discriminator") -> k
             return keras.layers.GroupNormalization(groups=-1, name=layer_name)
         return unet.batch_norm(layer_name)
 
-    gray = keras.Input([None, None, 1], name="gray")  # [B, H, W, 1]
-    color = keras.Input([None, None, 2], name="color")  # [B, H, W, 2]
-    x = keras.layers.Concatenate(name="pair")([gray, color])  # [B, H, W, 3]
+    channels = {"gray": 1, "color": 2}
+    images = [keras.Input([None, None, channels[key]], name=key) for key in inputs]  # [B, H, W, 1], [B, H, W, 2]
+    x = keras.layers.Concatenate(name="pair")(images) if len(images) > 1 else images[0]  # [B, H, W, 3] (or 1)
     for i in range(config.disc_layers + 1):
         # i < disc_layers: [B, H / 2**(i+1), W / 2**(i+1), width]; the last block keeps the size
         strides = 2 if i < config.disc_layers else 1
@@ -75,7 +77,7 @@ def patchgan_discriminator(config: CGANConfig, name: str = "discriminator") -> k
     # [B, H / 2**disc_layers, W / 2**disc_layers, 1]
     x = keras.layers.Conv2D(1, config.kernel_size, padding="same", kernel_initializer=init, name="logits_conv")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
-    return keras.Model([gray, color], logits, name=name)
+    return keras.Model(images if len(images) > 1 else images[0], logits, name=name)
 
 
 def build(config: CGANConfig) -> dict[str, keras.Model]:

@@ -65,17 +65,18 @@ PRESETS: dict[int, dict[str, object]] = {
 }
 
 
-def unet_generator(config: UNetConfig, name: str = "generator") -> keras.Model:
+def unet_generator(config: UNetConfig, name: str = "generator", channels: tuple[int, int] = (1, 2)) -> keras.Model:
     """gray [B, H, W, 1] in [-1, 1] -> fake_color [B, H, W, 2] float32 in (-1, 1).
 
+    `channels` (in, out) = (3, 1) is cyclegan's to_gray: Lab [B, H, W, 3] -> fake_gray [B, H, W, 1].
     H and W must be multiples of `config.stride`. Under a mixed-precision policy every
     layer computes in 16 bits except the tanh, so the output stays float32.
     """
     init = keras.initializers.RandomNormal(stddev=INITIALIZER_STDDEV)
     widths = config.widths()
-    gray = keras.Input([None, None, 1], name="gray")  # [B, H, W, 1]
+    inputs = keras.Input([None, None, channels[0]], name="gray" if channels[0] == 1 else "color")  # [B, H, W, in]
 
-    x = gray
+    x = inputs
     skips = []
     for i, width in enumerate(widths):
         # [B, H / 2**(i+1), W / 2**(i+1), width]
@@ -101,8 +102,8 @@ def unet_generator(config: UNetConfig, name: str = "generator") -> keras.Model:
         x = keras.layers.ReLU(name=f"up{level}_act")(x)
         x = keras.layers.Concatenate(name=f"up{level}_skip")([x, skip])  # [..., 2 * width]
 
-    # [B, H, W, 2]
-    x = keras.layers.Conv2DTranspose(2, config.kernel_size, strides=2, padding="same",
+    # [B, H, W, out]
+    x = keras.layers.Conv2DTranspose(channels[1], config.kernel_size, strides=2, padding="same",
                                      kernel_initializer=init, name="out_conv")(x)  # fmt: skip
-    fake_color = keras.layers.Activation("tanh", dtype="float32", name="fake_color")(x)
-    return keras.Model(gray, fake_color, name=name)
+    outputs = keras.layers.Activation("tanh", dtype="float32", name="fake_color" if channels[1] == 2 else "fake_gray")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -210,6 +210,7 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
             optimizer.build(network.trainable_variables)
             optimizers[name] = optimizer
 
+    step = steps_lib.make(model, model_config, shards)
     checkpoint = tf.train.Checkpoint(
         **state,
         **networks,
@@ -217,9 +218,8 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
         # Keras 3 does not expose a layer's SeedGenerator (dropout's RNG state) to
         # tf.train.Checkpoint; listing every variable saves it (the others are stored once).
         **{f"{name}_variables": list(network.variables) for name, network in networks.items()},
+        **getattr(step, "state", {}),  # what the step keeps between calls (cyclegan's history pools)
     )
-
-    step = steps_lib.make(model, model_config, shards)
 
     def train_step(batch):
         losses = strategy.run(step, args=(networks, optimizers, batch))

@@ -11,20 +11,24 @@ A factory that needs to know the training data beyond its batches takes `ab_prio
 data's `preprocess.dataset.Shards`.
 
 The loop runs a step inside `strategy.run`, compiled by tf.function unless --eager, and
-owns everything else (logging, checkpoints, NaN guard). Steps write no summaries.
+owns everything else (logging, checkpoints, NaN guard). Steps write no summaries. A step
+that keeps state of its own between calls (cyclegan's history pools) exposes it as
+`step.state`, a dict of trackables that the loop checkpoints with the networks.
 """
 
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from models import iizuka, zhang
+from models import cyclegan, iizuka, zhang
 from models.config import ConfigError
+from models.cyclegan import CycleGANConfig
 from models.iizuka import IizukaConfig
 from models.pix2pix import CGANConfig
 from models.regression import RegressionConfig
@@ -225,11 +229,99 @@ def iizuka_step(config: IizukaConfig, label_names: tuple[str, ...] | None = None
     return step
 
 
+def least_squares(logits: tf.Tensor, target: float) -> tf.Tensor:
+    """LSGAN's loss (Mao et al. 2017, as Zhu et al.): mean (logits - target)^2 of logits [B, h, w, 1]."""
+    return tf.reduce_mean(tf.square(logits - target))
+
+
+def cyclegan_generator_losses(networks: dict[str, keras.Model], gray: tf.Tensor, color: tf.Tensor,
+                              config: CycleGANConfig) -> tuple[Losses, tf.Tensor, tf.Tensor]:  # fmt: skip
+    """Both generators' losses (gen/... of cyclegan_step) on gray [B, H, W, 1] and Lab colour [B, H, W, 3].
+
+    Also returns the fakes the discriminators learn from: fake_color, the colorized gray as
+    Lab [B, H, W, 3], and fake_gray [B, H, W, 1], the colour photos made gray.
+    """
+    to_color, to_gray = networks["generator"], networks["to_gray"]
+    fake_ab = to_color(gray, training=True)  # [B, H, W, 2]
+    fake_color = tf.concat([gray, fake_ab], -1)  # [B, H, W, 3]: a colorization keeps its input's L
+    cycled_gray = to_gray(fake_color, training=True)  # [B, H, W, 1]
+    fake_gray = to_gray(color, training=True)  # [B, H, W, 1]
+    cycled_color = tf.concat([fake_gray, to_color(fake_gray, training=True)], -1)  # [B, H, W, 3]
+    # a gray photo is the colourless Lab image (L, 0, 0): to_gray must leave it as it is
+    identity_gray = to_gray(tf.concat([gray, tf.zeros_like(fake_ab)], -1), training=True)  # [B, H, W, 1]
+
+    adversarial_color = least_squares(networks["discriminator_color"]([gray, fake_ab], training=True), 1.0)
+    adversarial_gray = least_squares(networks["discriminator_gray"](fake_gray, training=True), 1.0)
+    cycle_gray = tf.reduce_mean(tf.abs(cycled_gray - gray))
+    cycle_color = tf.reduce_mean(tf.abs(cycled_color - color))
+    identity = tf.reduce_mean(tf.abs(identity_gray - gray))
+    total = (adversarial_color + adversarial_gray + config.lambda_cycle * (cycle_gray + cycle_color)
+             + config.lambda_identity * config.lambda_cycle * identity)  # fmt: skip
+    losses = {"gen/total": total, "gen/adversarial_color": adversarial_color, "gen/adversarial_gray": adversarial_gray,
+              "gen/cycle_gray": cycle_gray, "gen/cycle_color": cycle_color, "gen/identity": identity}  # fmt: skip
+    return losses, fake_color, fake_gray
+
+
+def cyclegan_step(config: CycleGANConfig) -> Step:
+    """CycleGAN (Zhu et al. 2017): both generators on one loss, then both discriminators on pooled fakes.
+
+    The batch's "gray" is the gray domain and the Lab image ("gray", "color") the colour
+    domain. Losses:
+        gen/total = gen/adversarial_color + gen/adversarial_gray
+                    + lambda_cycle * (gen/cycle_gray + gen/cycle_color)
+                    + lambda_identity * lambda_cycle * gen/identity
+        disc/total = disc/color + disc/gray, each 0.5 * (real term + fake term) as Zhu et al.
+    The history pools are `step.state` (see models/cyclegan.py); their generators are seeded
+    from Python's `random`, which --seed sets (keras.utils.set_random_seed).
+    """
+    pools = {
+        "color": cyclegan.HistoryPool(config.pool_size, 3, random.getrandbits(32), name="pool_color"),
+        "gray": cyclegan.HistoryPool(config.pool_size, 1, random.getrandbits(32), name="pool_gray"),
+    }
+
+    def step(networks, optimizers, batch):
+        if tf.distribute.get_replica_context().num_replicas_in_sync > 1:
+            # every replica would write the same pool variables at once, in no fixed order
+            raise ConfigError("--model=cyclegan trains on one replica (its history pools are one per run); "
+                              "use --strategy=default")  # fmt: skip
+        gray = batch["gray"]  # [B, H, W, 1] the gray domain
+        color = tf.concat([gray, batch["color"]], -1)  # [B, H, W, 3] the colour domain, Lab
+
+        with tf.GradientTape(persistent=True) as tape:
+            gen, fake_color, fake_gray = cyclegan_generator_losses(networks, gray, color, config)
+            total = gen["gen/total"]
+            # one loss, two optimizers (each with its own loss scale under mixed_float16)
+            scaled = {name: optimizers[name].scale_loss(_replica_share(total)) for name in ("generator", "to_gray")}
+        for name in ("generator", "to_gray"):
+            _apply(optimizers[name], tape, scaled[name], networks[name])
+        del tape
+
+        disc = {}
+        pooled = {"color": pools["color"](tf.stop_gradient(fake_color)), "gray": pools["gray"](tf.stop_gradient(fake_gray))}
+        reals = {"color": [color[..., :1], color[..., 1:]], "gray": gray}
+        fakes = {"color": [pooled["color"][..., :1], pooled["color"][..., 1:]], "gray": pooled["gray"]}
+        for domain in ("color", "gray"):
+            name = f"discriminator_{domain}"
+            discriminator, optimizer = networks[name], optimizers[name]
+            with tf.GradientTape() as tape:
+                real = least_squares(discriminator(reals[domain], training=True), 1.0)
+                fake = least_squares(discriminator(fakes[domain], training=True), 0.0)
+                disc[domain] = 0.5 * (real + fake)  # Zhu et al. halve D's objective to slow D against G
+                scaled_loss = optimizer.scale_loss(_replica_share(disc[domain]))
+            _apply(optimizer, tape, scaled_loss, discriminator)
+
+        return {**gen, "disc/total": disc["color"] + disc["gray"], "disc/color": disc["color"], "disc/gray": disc["gray"]}
+
+    step.state = {f"pool_{domain}": pool for domain, pool in pools.items()}
+    return step
+
+
 STEPS: dict[str, Callable[..., Step]] = {
     "cgan": cgan_step,
     "regression": regression_step,
     "zhang": zhang_step,
     "iizuka": iizuka_step,
+    "cyclegan": cyclegan_step,
 }
 
 

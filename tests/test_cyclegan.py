@@ -1,0 +1,156 @@
+"""cyclegan: its step, the cycle loss, the history pool, exact resume and export."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow.python.framework import config as tf_config
+
+import models
+from export import __main__ as export_cli
+from export import colorize
+from models.cyclegan import CycleGANConfig, HistoryPool
+from tests.helpers import photo
+from train import steps
+from train.__main__ import main
+
+TINY = {"resnet_blocks": 1, "resnet_width": 4, "disc_layers": 2, "disc_base_width": 4, "pool_size": 3}
+TINY_UNET = {**TINY, "generator": "unet", "depth": 3, "base_width": 4, "max_width": 8, "dropout_blocks": 1}
+TINY_ARGS = [f"--{key}={value}" for key, value in TINY.items()]
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Runs may turn on op determinism; the dtype policy must come back as float32."""
+    yield
+    tf_config.disable_op_determinism()
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _batch(size: int = 2, side: int = 16) -> dict[str, tf.Tensor]:
+    return {
+        "gray": tf.random.stateless_uniform([size, side, side, 1], [0, 1], -1.0, 1.0),
+        "color": tf.random.stateless_uniform([size, side, side, 2], [0, 2], -0.5, 0.5),
+    }
+
+
+@pytest.mark.parametrize(("config", "compiled"), [(TINY, False), (TINY, True), (TINY_UNET, False)],
+                         ids=["resnet-eager", "resnet-tf.function", "unet-eager"])  # fmt: skip
+def test_a_step_gives_finite_losses_and_moves_every_weight(config, compiled):
+    config = CycleGANConfig(**config)
+    networks = models.build("cyclegan", config)
+    assert networks["generator"](tf.zeros([3, 16, 16, 1])).shape == (3, 16, 16, 2)  # what export freezes
+    optimizers = {name: keras.optimizers.Adam(2e-4, beta_1=0.5) for name in networks}
+    before = {name: [v.numpy().copy() for v in network.trainable_variables] for name, network in networks.items()}
+    step = steps.make("cyclegan", config)
+    losses = (tf.function(step) if compiled else step)(networks, optimizers, _batch())
+    assert set(losses) == {"gen/total", "gen/adversarial_color", "gen/adversarial_gray", "gen/cycle_gray",
+                           "gen/cycle_color", "gen/identity", "disc/total", "disc/color", "disc/gray"}  # fmt: skip
+    assert all(np.isfinite(float(value)) for value in losses.values())
+    for name, network in networks.items():
+        unmoved = [v.path for v, old in zip(network.trainable_variables, before[name]) if np.array_equal(v.numpy(), old)]
+        assert not unmoved, f"{name}: {unmoved}"
+    assert set(step.state) == {"pool_color", "pool_gray"}
+    assert int(step.state["pool_color"].count) == 2 and step.state["pool_gray"].images.numpy().shape == (3, 16, 16, 1)
+
+
+def test_the_cycle_losses_are_zero_when_the_generators_undo_each_other():
+    # Colour that is a function of lightness, ab = (0.5 L, -0.3 L): to_color computes it from
+    # gray, to_gray takes the L channel back, so to_color o to_gray is the identity on such images.
+    gray_in = keras.Input([None, None, 1])
+    to_color = keras.Model(gray_in, keras.layers.Lambda(lambda g: tf.concat([0.5 * g, -0.3 * g], -1))(gray_in))
+    lab_in = keras.Input([None, None, 3])
+    to_gray = keras.Model(lab_in, keras.layers.Lambda(lambda lab: lab[..., :1])(lab_in))
+    # the tiny discriminators, whose losses do not matter here
+    networks = {**models.build("cyclegan", CycleGANConfig(**TINY)), "generator": to_color, "to_gray": to_gray}
+    gray = tf.random.stateless_uniform([2, 8, 8, 1], [1, 1], -1.0, 1.0)
+    light = tf.random.stateless_uniform([2, 8, 8, 1], [1, 2], -1.0, 1.0)
+    color = tf.concat([light, 0.5 * light, -0.3 * light], -1)
+    losses, fake_color, fake_gray = steps.cyclegan_generator_losses(networks, gray, color, CycleGANConfig(**TINY))
+    assert float(losses["gen/cycle_gray"]) == 0.0 and float(losses["gen/cycle_color"]) == 0.0
+    assert float(losses["gen/identity"]) == 0.0  # to_gray keeps a colourless image's L
+    np.testing.assert_array_equal(fake_gray.numpy(), light.numpy())
+    np.testing.assert_array_equal(fake_color.numpy()[..., :1], gray.numpy())  # a colorization keeps its L
+    # and a generator that does not undo the other gives a cycle loss
+    networks["generator"] = keras.Model(gray_in, keras.layers.Lambda(lambda g: tf.concat([g, g], -1))(gray_in))
+    losses, _, _ = steps.cyclegan_generator_losses(networks, gray, color, CycleGANConfig(**TINY))
+    assert float(losses["gen/cycle_color"]) > 0.1
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_the_pool_returns_the_image_while_filling_then_a_past_one_half_the_time(compiled):
+    pool = HistoryPool(size=10, channels=1, seed=0)
+    query = tf.function(pool.__call__) if compiled else pool
+    # image n is filled with the value n, so a returned image tells which one it is
+    images = lambda first, count: tf.reshape(tf.range(first, first + count, dtype=tf.float32), [count, 1, 1, 1]) * tf.ones([1, 4, 4, 1])  # noqa: E731
+    for first in (0, 5):  # two batches of 5 fill the pool: every image comes back itself
+        np.testing.assert_array_equal(query(images(first, 5)).numpy(), images(first, 5).numpy())
+    assert int(pool.count) == 10
+    returned, given = [], []
+    for first in range(10, 2010, 8):
+        out = query(images(first, 8)).numpy()
+        assert (out == out[:, :1, :1]).all()  # whole images, not mixtures
+        returned += list(out[:, 0, 0, 0])
+        given += list(range(first, first + 8))
+    returned, given = np.array(returned), np.array(given)
+    past = returned != given
+    assert abs(past.mean() - 0.5) < 0.03  # 2000 draws: the standard deviation of the share is 0.011
+    assert (returned[past] < given[past]).all()  # a past image, never a later one
+    assert int(pool.count) == 10
+
+
+def test_the_pool_resumes_from_a_checkpoint(tmp_path):
+    pool = HistoryPool(size=4, channels=2, seed=3)
+    images = tf.random.stateless_uniform([6, 4, 4, 2], [2, 0])
+    pool(images)
+    path = tf.train.Checkpoint(pool=pool).save(str(tmp_path / "pool"))
+    expected = pool(images[::-1]).numpy()
+    restored = HistoryPool(size=4, channels=2, seed=99)
+    tf.train.Checkpoint(pool=restored).restore(path).assert_consumed()
+    np.testing.assert_array_equal(restored(images[::-1]).numpy(), expected)
+
+
+def _checkpoint_values(path: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter")}  # fmt: skip
+
+
+def _args(data, run, *extra: str) -> list[str]:
+    return ["--model=cyclegan", f"--data={data}", f"--run={run}", "--batch_size=2", "--crop_size=16", *TINY_ARGS,
+            "--val_batches=1", "--sample_images=2", *extra]  # fmt: skip
+
+
+def test_a_resumed_run_equals_one_that_never_stopped_and_exports(tiny_shards, tmp_path):
+    # The pools (size 3, batch 2) are full by step 2, so the resumed half draws from restored pools.
+    # Eager steps: three traces of the step would take most of a minute on two cores, and the
+    # pool under tf.function has its own test above.
+    common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", "--eager"]
+    stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
+    assert main(_args(tiny_shards, stopped, *common, "--steps=2")) == 0
+    assert main(["--model=cyclegan", f"--run={stopped}", "--steps=4"]) == 0
+    assert main(_args(tiny_shards, unbroken, *common)) == 0
+    resumed = _checkpoint_values(str(stopped / "ckpt" / "ckpt-4"))
+    reference = _checkpoint_values(str(unbroken / "ckpt" / "ckpt-4"))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    pool_keys = [key for key in reference if key.startswith(("pool_color/", "pool_gray/"))]
+    assert {key.split("/")[1] for key in pool_keys} >= {"images", "count", "rng"}, pool_keys
+    assert any(key.startswith("to_gray_optimizer/") for key in reference)
+    assert any(key.startswith("discriminator_gray_optimizer/") for key in reference)
+
+    # the generator is what export freezes, and the export colorizes
+    assert export_cli.main([f"--run={unbroken}", f"--out={tmp_path / 'exports'}"]) == 0
+    Image.fromarray(photo(20, 28)).save(tmp_path / "in.png")
+    assert colorize.main(["--model", str(tmp_path / "exports" / "cyclegan"), "--output", str(tmp_path / "out"),
+                          str(tmp_path / "in.png")]) == 0  # fmt: skip
+    assert np.asarray(Image.open(tmp_path / "out" / "in.png")).shape == (20, 28, 3)
+
+
+def test_bad_settings_say_what_is_wrong(tiny_shards, tmp_path, capsys):
+    assert main(_args(tiny_shards, tmp_path / "a", "--steps=1", "--pool_size=-1")) == 2
+    assert "--pool_size=-1: must be >= 0" in capsys.readouterr().err
