@@ -61,6 +61,7 @@ class CycleGANConfig(unet.UNetConfig):
     lambda_cycle: float = 10.0  # weight of both cycle losses against the least-squares GAN losses
     lambda_identity: float = 0.5  # to_gray's identity loss, relative to lambda_cycle (see module docstring)
     pool_size: int = 50  # generated images each discriminator draws from; 0: only the newest
+    unpaired: bool = False  # gray and colour from disjoint halves of the training photos (preprocess/dataset.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()

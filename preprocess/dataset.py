@@ -6,6 +6,9 @@ The batch format shared by every model, loop and report:
     gray   float32 [B, H, W, 1]  L / 50 - 1, in [-1, 1]
     color  float32 [B, H, W, 2]  ab / 110, in about [-1, 1]
     label  int64   [B]           class index, or -1 where the source has no labels
+Unpaired batches (`Shards.unpaired_batches`, cyclegan's --unpaired) take gray and colour
+from disjoint halves of the photos, and add the colour photos' own lightness:
+    color_gray  float32 [B, H, W, 1]  L / 50 - 1 of the photos in "color" (not those in "gray")
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ import tensorflow as tf
 from preprocess import color, schema
 
 MANIFEST = "manifest.json"
+DOMAINS = ("gray", "color")  # the halves of the photos unpaired training takes each side from
+
+
+def domain_of(source_id: tf.Tensor) -> tf.Tensor:
+    """0 (gray) or 1 (color) per photo id (string tensor, any shape), from a hash of the id:
+    every tile of a photo is on one side, and re-runs agree. FarmHash, not the SHA-1 that
+    splits train from val (preprocess/shards.py), so the halves do not depend on that split."""
+    return tf.strings.to_hash_bucket_fast(source_id, len(DOMAINS))
 
 
 class Split(NamedTuple):
@@ -97,13 +108,15 @@ class Shards:
         shuffle_buffer: int = 4096,
         seed: int | None = None,
         drop_remainder: bool | None = None,
+        domain: str | None = None,
     ) -> tf.data.Dataset:
         """One pass over a split as batches (see the module docstring); `.repeat()` it for more.
 
         training (default: split == "train") shuffles shard order and examples and applies
         random left-right flips and, with `crop_size`, random crops; evaluation takes the centre
         crop and keeps the order. Training batches drop the remainder so every step has the same
-        shape; evaluation keeps every tile.
+        shape; evaluation keeps every tile. `domain` ("gray" or "color"): only the tiles of
+        the photos on that side of `domain_of`.
         """
         training = split == "train" if training is None else training
         drop_remainder = training if drop_remainder is None else drop_remainder
@@ -116,6 +129,11 @@ class Shards:
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=not training,
         )
+        if domain is not None:
+            side = DOMAINS.index(domain)
+            source_id = {"source_id": schema.FEATURES["source_id"]}  # parses the id alone, not the pixels
+            records = records.filter(lambda serialized: domain_of(tf.io.parse_single_example(serialized, source_id)
+                                                                  ["source_id"]) == side)  # fmt: skip
         if training:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
@@ -137,6 +155,16 @@ class Shards:
             .map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+
+    def unpaired_batches(self, split: str = "train", batch_size: int = 64, **options) -> tf.data.Dataset:
+        """Endless batches whose gray comes from one half of the photos and colour from the other
+        (`domain_of`), so that no photo is seen in both domains: the module docstring's keys
+        with color_gray. `options` as `batches`. Each half repeats on its own (with a fresh
+        shuffle), since the halves are not the same size; take an epoch's worth with `.take`."""
+        gray, color = (self.batches(split, batch_size, domain=domain, **options).repeat() for domain in DOMAINS)
+        return tf.data.Dataset.zip(gray, color).map(
+            lambda g, c: {"gray": g["gray"], "color": c["color"], "color_gray": c["gray"], "label": g["label"]})
 
 
 def to_batch(rgb: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -1,4 +1,4 @@
-"""cyclegan: its step, the cycle loss, the history pool, exact resume and export."""
+"""cyclegan: its step, the cycle loss, the history pool, exact resume, --unpaired and export."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import models
 from export import __main__ as export_cli
 from export import colorize
 from models.cyclegan import CycleGANConfig, HistoryPool
+from preprocess import color
+from preprocess.dataset import DOMAINS, Shards, domain_of
 from tests.helpers import photo
 from train import steps
 from train.__main__ import main
@@ -34,6 +36,7 @@ def _batch(size: int = 2, side: int = 16) -> dict[str, tf.Tensor]:
     return {
         "gray": tf.random.stateless_uniform([size, side, side, 1], [0, 1], -1.0, 1.0),
         "color": tf.random.stateless_uniform([size, side, side, 2], [0, 2], -0.5, 0.5),
+        "color_gray": tf.random.stateless_uniform([size, side, side, 1], [0, 3], -1.0, 1.0),
     }
 
 
@@ -124,11 +127,11 @@ def _args(data, run, *extra: str) -> list[str]:
             "--val_batches=1", "--sample_images=2", *extra]  # fmt: skip
 
 
-def test_a_resumed_run_equals_one_that_never_stopped_and_exports(tiny_shards, tmp_path):
+def test_a_resumed_unpaired_run_equals_one_that_never_stopped_and_exports(tiny_shards, tmp_path):
     # The pools (size 3, batch 2) are full by step 2, so the resumed half draws from restored pools.
     # Eager steps: three traces of the step would take most of a minute on two cores, and the
     # pool under tf.function has its own test above.
-    common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", "--eager"]
+    common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", "--unpaired", "--eager"]
     stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
     assert main(_args(tiny_shards, stopped, *common, "--steps=2")) == 0
     assert main(["--model=cyclegan", f"--run={stopped}", "--steps=4"]) == 0
@@ -151,6 +154,32 @@ def test_a_resumed_run_equals_one_that_never_stopped_and_exports(tiny_shards, tm
     assert np.asarray(Image.open(tmp_path / "out" / "in.png")).shape == (20, 28, 3)
 
 
+def test_unpaired_batches_take_gray_and_colour_from_photos_with_no_id_in_common(tiny_shards):
+    shards = Shards(tiny_shards)
+    ids = [record["source_id"].numpy() for record in shards.records("train")]
+    sides = {side: {i for i in ids if int(domain_of(tf.constant(i))) == DOMAINS.index(side)} for side in DOMAINS}
+    assert sides["gray"] and sides["color"] and not sides["gray"] & sides["color"]
+    assert sides["gray"] | sides["color"] == set(ids)
+
+    # every gray image is the L of a gray-side tile, every colour one the Lab of a colour-side tile
+    tiles = {side: [] for side in DOMAINS}
+    for record in shards.records("train"):
+        side = DOMAINS[int(domain_of(record["source_id"]))]
+        tiles[side].append(color.rgb_to_model(record["rgb"][None]))
+    batches = shards.unpaired_batches("train", 4, training=False).take(12)  # more than an epoch of either side
+
+    def found(image: np.ndarray, side: str, index: int) -> bool:
+        return any(np.array_equal(image, tile[index][0].numpy()) for tile in tiles[side])
+
+    for batch in batches:
+        for gray, ab, color_gray in zip(batch["gray"].numpy(), batch["color"].numpy(), batch["color_gray"].numpy()):
+            assert found(gray, "gray", 0) and not found(gray, "color", 0)
+            assert found(ab, "color", 1) and found(color_gray, "color", 0)
+
+
 def test_bad_settings_say_what_is_wrong(tiny_shards, tmp_path, capsys):
     assert main(_args(tiny_shards, tmp_path / "a", "--steps=1", "--pool_size=-1")) == 2
     assert "--pool_size=-1: must be >= 0" in capsys.readouterr().err
+    cgan = ["--model=cgan", f"--data={tiny_shards}", f"--run={tmp_path / 'b'}", "--unpaired"]
+    assert main(cgan) == 2
+    assert "unknown setting --unpaired for --model=cgan" in capsys.readouterr().err

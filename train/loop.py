@@ -235,13 +235,16 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
 
 
 def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distribute.Strategy, start: int,
-                  per_epoch: int) -> Iterator:  # fmt: skip
-    """The batches of steps start, start+1, ...: each a function of its step number alone."""
+                  per_epoch: int, unpaired: bool = False) -> Iterator:  # fmt: skip
+    """The batches of steps start, start+1, ...: each a function of its step number alone.
+
+    unpaired: gray and colour from disjoint halves of the photos (Shards.unpaired_batches)."""
     step = start
+    read = shards.unpaired_batches if unpaired else shards.batches
     while True:
         epoch, offset = divmod(step, per_epoch)
-        batches = shards.batches("train", train.batch_size, training=True, crop_size=train.crop_size or None,
-                                 seed=train.seed + epoch)  # fmt: skip
+        batches = read("train", train.batch_size, training=True, crop_size=train.crop_size or None,
+                       seed=train.seed + epoch)  # fmt: skip
         batches = batches.take(per_epoch).skip(offset)
         for batch in strategy.experimental_distribute_dataset(batches):
             yield batch
@@ -431,7 +434,9 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
                     desc=f"{settings.model} {run_dir.name}")  # fmt: skip
     if start:
         progress.write(f"resuming {run_dir} at step {start} of {total}")
-    batches = islice(train_batches(train, shards, strategy, start, per_epoch), total - start)
+    # a model config field: cyclegan's --unpaired (the models that need pairs have none)
+    unpaired = getattr(settings.model_config, "unpaired", False)
+    batches = islice(train_batches(train, shards, strategy, start, per_epoch, unpaired), total - start)
     try:
         for step, batch in enumerate(batches, start + 1):
             losses, finite = training.train_step(batch)

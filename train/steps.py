@@ -265,8 +265,9 @@ def cyclegan_generator_losses(networks: dict[str, keras.Model], gray: tf.Tensor,
 def cyclegan_step(config: CycleGANConfig) -> Step:
     """CycleGAN (Zhu et al. 2017): both generators on one loss, then both discriminators on pooled fakes.
 
-    The batch's "gray" is the gray domain and the Lab image ("gray", "color") the colour
-    domain. Losses:
+    The batch's "gray" is the gray domain; the colour domain is the Lab image ("color_gray",
+    "color"), where an unpaired batch (--unpaired) carries other photos' own L as
+    "color_gray" and a paired one has none (its colour photos' L is "gray"). Losses:
         gen/total = gen/adversarial_color + gen/adversarial_gray
                     + lambda_cycle * (gen/cycle_gray + gen/cycle_color)
                     + lambda_identity * lambda_cycle * gen/identity
@@ -285,7 +286,7 @@ def cyclegan_step(config: CycleGANConfig) -> Step:
             raise ConfigError("--model=cyclegan trains on one replica (its history pools are one per run); "
                               "use --strategy=default")  # fmt: skip
         gray = batch["gray"]  # [B, H, W, 1] the gray domain
-        color = tf.concat([gray, batch["color"]], -1)  # [B, H, W, 3] the colour domain, Lab
+        color = tf.concat([batch.get("color_gray", gray), batch["color"]], -1)  # [B, H, W, 3] the colour domain, Lab
 
         with tf.GradientTape(persistent=True) as tape:
             gen, fake_color, fake_gray = cyclegan_generator_losses(networks, gray, color, config)
