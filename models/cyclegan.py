@@ -176,7 +176,8 @@ class HistoryPool(tf.Module):
     probability 1/2, and otherwise a random stored image is returned and replaced by it
     (Zhu et al.'s ImagePool, image by image in batch order). Images, fill count and the
     random generator are variables, so a checkpoint of the pool resumes it exactly. The
-    images variable takes its [size, H, W, C] shape from the first batch.
+    images variable takes its [size, H, W, C] shape from the first batch, and the pool
+    starts afresh when images of another size come.
     """
 
     def __init__(self, size: int, channels: int, seed: int, name: str | None = None) -> None:
@@ -196,9 +197,12 @@ class HistoryPool(tf.Module):
         keep_new = self.rng.uniform([batch]) >= 0.5  # [B]
         slots = self.rng.uniform([batch], 0, self.size, dtype=tf.int32)  # [B]
 
-        # An empty pool (count 0) starts from zeros of the batch's image shape.
+        # A pool of other-sized images (a run resumed with another --crop_size) starts afresh,
+        # as an empty one does: from zeros of the batch's image shape.
+        same_size = tf.reduce_all(tf.shape(self.images)[1:] == tf.shape(images)[1:])
+        count = tf.where(same_size, self.count, 0)
         empty = lambda: tf.zeros(tf.concat([[self.size], tf.shape(images)[1:]], 0))  # noqa: E731
-        pool = tf.cond(self.count > 0, self.images.read_value, empty)  # [size, H, W, C]
+        pool = tf.cond(count > 0, self.images.read_value, empty)  # [size, H, W, C]
 
         def body(i, pool, count, returned):
             filling = count < self.size
@@ -213,7 +217,7 @@ class HistoryPool(tf.Module):
 
         # The loop works on a copy; the variables take the result once, after it.
         _, pool, count, returned = tf.while_loop(
-            lambda i, *_: i < batch, body, (tf.constant(0), pool, self.count.read_value(),
+            lambda i, *_: i < batch, body, (tf.constant(0), pool, count,
                                             tf.TensorArray(tf.float32, size=batch)))  # fmt: skip
         self.images.assign(pool)
         self.count.assign(count)

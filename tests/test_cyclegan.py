@@ -114,6 +114,10 @@ def test_the_pool_resumes_from_a_checkpoint(tmp_path):
     restored = HistoryPool(size=4, channels=2, seed=99)
     tf.train.Checkpoint(pool=restored).restore(path).assert_consumed()
     np.testing.assert_array_equal(restored(images[::-1]).numpy(), expected)
+    # images of another size (a resume with another --crop_size) start the pool afresh
+    larger = tf.random.stateless_uniform([3, 8, 8, 2], [2, 1])
+    np.testing.assert_array_equal(restored(larger).numpy(), larger.numpy())
+    assert int(restored.count) == 3 and restored.images.numpy().shape == (4, 8, 8, 2)
 
 
 def _checkpoint_values(path: str) -> dict[str, np.ndarray]:
