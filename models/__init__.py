@@ -19,7 +19,8 @@ How to add a model `foo`:
      gets the data's preprocess.dataset.Shards.
   3. Add a step factory under the same name to STEPS in train/steps.py; a test checks
      that both maps have the same keys. A factory that needs the data's ab prior or class
-     names takes `ab_prior=` or `label_names=`.
+     names takes `ab_prior=` or `label_names=`. Variables a step keeps between calls
+     (cyclegan's history pools) go in `step.state`: the loop checkpoints them.
 A config field `temperature` means the generator decodes with one: it takes gray or
 [gray, temperature [B]] (zhang; see export/savedmodel.py).
 

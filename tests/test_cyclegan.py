@@ -16,8 +16,10 @@ from models.cyclegan import CycleGANConfig, HistoryPool
 from preprocess import color
 from preprocess.dataset import DOMAINS, Shards, domain_of
 from tests.helpers import photo
-from train import steps
+from models.config import ConfigError
+from train import loop, steps
 from train.__main__ import main
+from train.config import TrainConfig
 
 TINY = {"resnet_blocks": 1, "resnet_width": 4, "disc_layers": 2, "disc_base_width": 4, "pool_size": 3}
 TINY_UNET = {**TINY, "generator": "unet", "depth": 3, "base_width": 4, "max_width": 8, "dropout_blocks": 1}
@@ -187,3 +189,11 @@ def test_bad_settings_say_what_is_wrong(tiny_shards, tmp_path, capsys):
     cgan = ["--model=cgan", f"--data={tiny_shards}", f"--run={tmp_path / 'b'}", "--unpaired"]
     assert main(cgan) == 2
     assert "unknown setting --unpaired for --model=cgan" in capsys.readouterr().err
+
+
+def test_more_than_one_replica_is_refused_before_any_step():
+    # conftest.py gives the CPU two logical devices
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    train = TrainConfig(strategy="mirrored", precision="float32")
+    with loop.runtime(train), pytest.raises(ConfigError, match="keeps one pool_color and one pool_gray per run"):
+        loop.build("cyclegan", CycleGANConfig(**TINY), train, total_steps=2, strategy=strategy)

@@ -211,6 +211,10 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
             optimizers[name] = optimizer
 
     step = steps_lib.make(model, model_config, shards)
+    if getattr(step, "state", None) and strategy.num_replicas_in_sync > 1:
+        # replicas would write the step's variables at once, in no fixed order
+        raise ConfigError(f"--model={model} keeps one {' and one '.join(step.state)} per run, so it trains on "
+                          f"one replica; use --strategy=default")  # fmt: skip
     checkpoint = tf.train.Checkpoint(
         **state,
         **networks,

@@ -272,8 +272,9 @@ def cyclegan_step(config: CycleGANConfig) -> Step:
                     + lambda_cycle * (gen/cycle_gray + gen/cycle_color)
                     + lambda_identity * lambda_cycle * gen/identity
         disc/total = disc/color + disc/gray, each 0.5 * (real term + fake term) as Zhu et al.
-    The history pools are `step.state` (see models/cyclegan.py); their generators are seeded
-    from Python's `random`, which --seed sets (keras.utils.set_random_seed).
+    The history pools are `step.state` (see models/cyclegan.py), one per run, so the loop
+    refuses more than one replica; their generators are seeded from Python's `random`,
+    which --seed sets (keras.utils.set_random_seed).
     """
     pools = {
         "color": cyclegan.HistoryPool(config.pool_size, 3, random.getrandbits(32), name="pool_color"),
@@ -281,10 +282,6 @@ def cyclegan_step(config: CycleGANConfig) -> Step:
     }
 
     def step(networks, optimizers, batch):
-        if tf.distribute.get_replica_context().num_replicas_in_sync > 1:
-            # every replica would write the same pool variables at once, in no fixed order
-            raise ConfigError("--model=cyclegan trains on one replica (its history pools are one per run); "
-                              "use --strategy=default")  # fmt: skip
         gray = batch["gray"]  # [B, H, W, 1] the gray domain
         color = tf.concat([batch.get("color_gray", gray), batch["color"]], -1)  # [B, H, W, 3] the colour domain, Lab
 
