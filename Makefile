@@ -35,7 +35,7 @@ SERVING_URL ?=
 EXPORT ?=
 CLASSIFIER ?=
 
-.PHONY: help setup data train export serve evaluate classifier demo test bench clean
+.PHONY: help setup data train export serve evaluate classifier demo pretrained test bench clean
 
 help:
 	@echo "make demo                 the whole pipeline on the sample photos that scikit-image ships"
@@ -43,10 +43,11 @@ help:
 	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... ARGS='--key=value ...'"
 	@echo "make train MODEL=cgan|regression|zhang|iizuka DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
 	@echo "make export RUN=runs/<name> [VERSION=n]   a SavedModel for TF Serving in exports/"
-	@echo "make serve [EXPORT=exports/cgan] [SERVING_URL=http://host:8501/v1/models/cgan]"
+	@echo "make serve [EXPORT=exports/cgan] [SERVING_URL=http://host:8501/v1/models/cgan]   (default: the shipped colorizer)"
 	@echo "make evaluate RUN=runs/<name> DATA=<shards or photos> [EXPORT=exports/<name>] [ARGS=...]"
 	@echo "make classifier DATA=<CIFAR-10 shards>  the classifier of the semantic-interpretability metric"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
+	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>]   retrain the shipped colorizer (~80 min)"
 	@echo "make bench PEER_SRC=... PEER_PYTHON=... [PEER_BENCH=...] [ARGS='--rounds=3 --iters=5 ...']"
 	@echo "                          side by side with the PyTorch references, into BENCHMARKS.md"
 
@@ -66,14 +67,23 @@ train: $(READY)
 		$(if $(EPOCHS),--epochs=$(EPOCHS)) $(ARGS)
 
 # The demo's training budget: a few minutes on two cores; the pictures show a colorizer
-# that has started to learn, not a finished one.
+# that has started to learn, not a finished one, beside the shipped colorizer.
 DEMO_STEPS ?= 400
+
+# make pretrained: the colorizer that ships in export/pretrained/ (its README has the
+# figures), trained from Tiny ImageNet's train/<class>/*.JPEG folders: about 80 minutes on
+# two cores. Every stage resumes: after an interruption, run the same command again.
+TINY ?= data/raw/tinyimagenet64
+PRETRAINED_RUN ?= runs/pretrained
+PRETRAINED_STEPS ?= 24000
+PRETRAINED_TEMPERATURE ?= 0.38
+PRETRAINED_REBALANCE ?= 0.5
 
 export: $(READY)
 	$(PY) -m export --run='$(RUN)' $(if $(VERSION),--version=$(VERSION)) $(ARGS)
 
 serve: $(READY)
-	$(PY) -m export.web $(if $(SERVING_URL),--serving-url='$(SERVING_URL)',--model='$(or $(EXPORT),exports/$(MODEL))') $(ARGS)
+	$(PY) -m export.web $(if $(SERVING_URL),--serving-url='$(SERVING_URL)',$(if $(EXPORT),--model='$(EXPORT)')) $(ARGS)
 
 evaluate: $(READY)
 	$(PY) -m evaluate $(foreach run,$(RUN),--run='$(run)') $(foreach export,$(EXPORT),--export='$(export)') \
@@ -82,6 +92,19 @@ evaluate: $(READY)
 classifier: $(READY)
 	$(PY) -m evaluate.classifier --data='$(DATA)' --out=classifiers/cifar10 $(ARGS)
 
+pretrained: $(READY)
+	$(PY) -m preprocess --source='imagefolder:$(TINY)' --size=64 --mode=resize --val-fraction=0.1 --out=data/tiny64
+	$(PY) -m train --model=zhang --data=data/tiny64 --run='$(PRETRAINED_RUN)' --steps=$(PRETRAINED_STEPS) \
+		--batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 --lr_schedule=linear \
+		--eval_every=1000 --checkpoint_every=1000 --sample_every=2000 --log_every=200 --keep_checkpoints=30
+	$(PY) -m evaluate --run='$(PRETRAINED_RUN)' --data=data/tiny64 --split=val --limit=1000 --name=pretrained-sweep \
+		--grid=4 --temperatures=0.2,0.38 --decode-rebalance=0,0.5,0.6,0.7,0.8,1
+	rm -rf '$(PRETRAINED_RUN)/export'
+	$(PY) -m export --run='$(PRETRAINED_RUN)' --out='$(PRETRAINED_RUN)/export' --name=colorizer --version=1 \
+		--temperature=$(PRETRAINED_TEMPERATURE) --decode_rebalance=$(PRETRAINED_REBALANCE)
+	rm -rf export/pretrained/colorizer && mv '$(PRETRAINED_RUN)/export/colorizer' export/pretrained/colorizer
+	@echo "pretrained: export/pretrained/colorizer; the sweep that chose its decoding: reports/pretrained-sweep/"
+
 demo: $(READY)
 	$(PY) -m preprocess --source=samples --size=64 --mode=tile --out=demo/shards \
 		--contact-sheet=demo/contact_sheet.png
@@ -89,15 +112,16 @@ demo: $(READY)
 		--batch_size=16 --sample_every=100 --eval_every=100 --checkpoint_every=100 --log_every=20
 	cp "$$(ls demo/run/samples/*.png | sort | tail -n 1)" demo/before_after.png
 	$(PY) -m export --run=demo/run --out=demo/exports
-	$(PY) -m export.colorize --model demo/exports/cgan --output demo/colorized \
-		"$$($(PY) -c 'import skimage.data, os; print(os.path.join(os.path.dirname(skimage.data.__file__), "chelsea.png"))')"
-	$(PY) -c 'from PIL import Image; import numpy as np, skimage.data; \
-		gray = np.asarray(Image.fromarray(skimage.data.chelsea()).convert("L").convert("RGB")); \
-		Image.fromarray(np.concatenate([gray, np.asarray(Image.open("demo/colorized/chelsea.png").convert("RGB"))], 1)).save("demo/chelsea_before_after.png")'
+	photos="$$($(PY) -c 'from preprocess.sources import DEMO_PHOTOS, sample_photos; \
+		print(" ".join(str(path) for key, path in sample_photos().items() if key in DEMO_PHOTOS))')"; \
+	$(PY) -m export.colorize --model demo/exports/cgan --output demo/colorized/run $$photos && \
+	$(PY) -m export.colorize --output demo/colorized/shipped $$photos && \
+	$(PY) -m export.sheet --out demo/photos_before_after.png --column "cgan, $(DEMO_STEPS) steps=demo/colorized/run" \
+		--column "shipped colorizer=demo/colorized/shipped" $$photos
 	@echo "demo: tiles (gray | colour) in demo/contact_sheet.png; validation photos after"
 	@echo "      $(DEMO_STEPS) training steps (gray | colorized | real) in demo/before_after.png;"
-	@echo "      a SavedModel in demo/exports/cgan; a photo colorized at full resolution:"
-	@echo "      demo/chelsea_before_after.png (gray | colorized)"
+	@echo "      a SavedModel in demo/exports/cgan; photos at full resolution, gray | the demo's"
+	@echo "      cgan | the shipped colorizer | the original: demo/photos_before_after.png"
 
 test: $(READY)
 	$(PY) -m pytest -q -n 2 --dist=loadfile
