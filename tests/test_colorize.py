@@ -170,3 +170,20 @@ def test_a_folder_of_small_photos_is_colorized_in_batches_as_each_alone(exported
         alone = colorizer.colorize(np.asarray(Image.open(folder / f"p{i:02d}.png").convert("RGB")))
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"p{i:02d}.png")), alone)
     assert not (tmp_path / "out" / "p05.png").exists()
+
+
+def test_without_a_model_the_shipped_colorizer_colours_a_photo(tmp_path, monkeypatch):
+    """What a fresh clone does with `colorize photo.jpg`: no training, no --model, no --output."""
+    import skimage.data
+
+    from export import PRETRAINED
+
+    Image.fromarray(skimage.data.coffee()).convert("L").save(tmp_path / "coffee.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    assert colorize.main(["coffee.jpg"]) == 0
+    result = np.asarray(Image.open(tmp_path / "colorized" / "coffee.png").convert("RGB"))
+    assert result.shape == skimage.data.coffee().shape
+    assert color.colorfulness(result) > 10  # gray in, colour out
+    info = Colorizer(PRETRAINED).info
+    assert (info["model"], info["working_size"]) == ("zhang", 64)
+    assert (PRETRAINED.parent / "README.md").read_text().count("non-commercial") >= 1
