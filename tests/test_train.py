@@ -157,7 +157,7 @@ def test_a_run_reads_its_manifest_once_and_records_what_export_needs(tiny_shards
         (["--model=regression", "--label_smoothing=0.9"], "unknown setting --label_smoothing for --model=regression"),
         (["--model=cgan", "--steps=many"], "--steps='many': expected an integer"),
         (["--model=cgan", "--steps"], "--steps needs a value"),
-        (["--model=cgan", "--precision=fp8"], "expected one of float32, mixed_bfloat16, mixed_float16"),
+        (["--model=cgan", "--precision=fp8"], "expected one of auto, float32, mixed_bfloat16, mixed_float16"),
         (["--model=cgan", "--data=/nowhere"], "--data=/nowhere: /nowhere/manifest.json: no manifest"),
         (["--model=cgan", "steps=3"], "unexpected argument 'steps=3'"),
         (["--model=cgan", "--crop_size=20"], "needs image sides divisible by 32; the training images are 20 px"),
@@ -417,3 +417,33 @@ def test_mirrored_strategy_on_two_replicas(tiny_shards, tmp_path):
     metrics = loop.run(settings, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     assert math.isfinite(metrics["val/l1"]) and math.isfinite(metrics["gen/total"])
     assert (tmp_path / "run" / "ckpt" / "ckpt-3.index").exists()
+
+
+def test_precision_auto_is_bf16_on_cpus_with_bf16_units_and_recorded_as_resolved(tiny_shards, tmp_path, monkeypatch):
+    from train import config as config_lib
+
+    monkeypatch.setattr(config_lib, "cpu_has_bf16_units", lambda: True)
+    assert config_lib.default_precision() == "mixed_bfloat16"
+    settings = resolve(["--model=regression", f"--data={tiny_shards}", f"--run={tmp_path / 'run'}"])
+    assert settings.train.precision == "mixed_bfloat16"
+    assert resolve(["--model=regression", f"--data={tiny_shards}", f"--run={tmp_path / 'other'}",
+                    "--precision=float32"]).train.precision == "float32"  # fmt: skip
+    monkeypatch.setattr(config_lib, "cpu_has_bf16_units", lambda: False)
+    assert config_lib.default_precision() == "float32"
+    with loop.runtime(TrainConfig()):
+        assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_cpu_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from train import config as config_lib
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real_open = open
+    for flags, expected in (("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16", True),
+                            ("fpu avx2 avx512f", False)):  # fmt: skip
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        def fake_open(path, *args, **kwargs):
+            return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", fake_open)
+        assert config_lib.cpu_has_bf16_units() is expected

@@ -51,7 +51,8 @@ class TrainConfig:
     deterministic: bool = False  # op determinism: bit-exact reruns and resumes, slower input pipeline
     eager: bool = False  # run the step eagerly, for debugging
     jit_compile: bool = False  # XLA-compile the step (default strategy only)
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"  # bf16: CPUs with AMX
+    # auto: mixed_bfloat16 on a CPU with bf16 units and no GPU (see default_precision), else float32
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # multi_worker reads TF_CONFIG
 
     def __post_init__(self) -> None:
@@ -67,6 +68,30 @@ class TrainConfig:
         check(0.0 < self.plateau_factor < 1.0, f"--plateau_factor={self.plateau_factor}: must be in (0, 1)")
         check(not (self.jit_compile and self.strategy != "default"),
               "--jit_compile works with --strategy=default only")  # fmt: skip
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; Linux's cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_precision() -> str:
+    """What --precision=auto means here: mixed_bfloat16 where the CPU trains it faster with the
+    same quality (BENCHMARKS.md, "precision"), float32 elsewhere, including on GPUs."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU") or not cpu_has_bf16_units():
+        return "float32"
+    return "mixed_bfloat16"
+
+
+def resolved_precision(precision: str) -> str:
+    return default_precision() if precision == "auto" else precision
 
 
 class Settings(NamedTuple):
@@ -153,6 +178,8 @@ def resolve(argv: list[str]) -> Settings:
 
     base_train = from_dict(TrainConfig, saved.train_config) if saved else TrainConfig()
     train = override(base_train, {"run": run, **train_values})
+    # config.json records what ran, so a resume elsewhere keeps the run's precision
+    train = dataclasses.replace(train, precision=resolved_precision(train.precision))
     if saved and (base_train.precision == "mixed_float16") != (train.precision == "mixed_float16"):
         raise ConfigError(f"{run} was trained with --precision={base_train.precision}; mixed_float16 adds loss-scale "
                           f"state to the optimizers, so it cannot be switched on or off in a resumed run")  # fmt: skip

@@ -49,7 +49,7 @@ import models
 from models.config import ConfigError
 from preprocess import atomic, color, dataset
 from train import steps as steps_lib
-from train.config import Settings, TrainConfig
+from train.config import Settings, TrainConfig, resolved_precision
 from train.summaries import RunLog
 
 BEST_FILE = "best.json"
@@ -148,7 +148,7 @@ def runtime(train: TrainConfig) -> Iterator[None]:
         # Stays on for the rest of the process: TensorFlow has no public switch back.
         tf.config.experimental.enable_op_determinism()
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(train.precision)
+    keras.mixed_precision.set_global_policy(resolved_precision(train.precision))
     try:
         yield
     finally:
