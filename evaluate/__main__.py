@@ -40,8 +40,12 @@ from train.config import TrainConfig, open_data  # noqa: E402
 
 def shard_images(shards: dataset.Shards, split: str, limit: int = 0) -> Iterator[tuple[str, np.ndarray, int]]:
     """(source id, uint8 RGB tile, label) of one split in shard order; with `limit`, that many
-    spread evenly over the split (shards are often in class order, so not the first ones)."""
-    for record in shards.records(split, limit):
+    spread evenly over the split (shards are often in class order, so not the first ones),
+    in a fixed shuffled order, so that the report's grid (its first photos) mixes classes."""
+    records = shards.records(split, limit)
+    if limit:
+        records = records.shuffle(limit, seed=0, reshuffle_each_iteration=False)
+    for record in records:
         yield record["source_id"].numpy().decode(), record["rgb"].numpy(), int(record["label"])
 
 

@@ -66,10 +66,13 @@ def working_shape(height: tf.Tensor, width: tf.Tensor, working_size: tf.Tensor, 
 
     About working_size**2 pixels with the photo's aspect ratio, each side rounded to a
     multiple of `stride` (at least one stride). By area rather than by shorter side, so a
-    wide photo costs about what a square one does.
+    wide photo costs about what a square one does. A photo smaller than that is not
+    enlarged: a model sees an upscaled photo as unnaturally blurred and answers with
+    garbage colour (the shipped colorizer, working size 64, on CIFAR-10's 32 px photos:
+    17.4 dB PSNR and colourfulness 57 enlarged, 24.4 dB and 12 at their own size).
     """
     sides = tf.cast(tf.stack([height, width]), tf.float32)
-    scale = tf.cast(working_size, tf.float32) / tf.sqrt(sides[0] * sides[1])
+    scale = tf.minimum(1.0, tf.cast(working_size, tf.float32) / tf.sqrt(sides[0] * sides[1]))
     multiples = tf.maximum(tf.round(sides * scale / stride), 1.0)
     return tf.cast(multiples, tf.int32) * stride
 

@@ -48,7 +48,8 @@ def test_working_shape_keeps_the_area_and_aspect_in_multiples_of_the_stride():
     assert shape(3000, 4000, 256, 32) == (224, 288)  # 12 MP at 4:3: about 256**2 pixels
     assert shape(4000, 3000, 256, 32) == (288, 224)
     assert shape(512, 512, 256, 256) == (256, 256)
-    assert shape(10, 10, 256, 8) == (256, 256)  # small photos go up to the working size
+    assert shape(32, 32, 64, 8) == (32, 32)  # a photo smaller than the working size is not enlarged ...
+    assert shape(10, 10, 256, 8) == (8, 8)  # ... only rounded to the stride
     assert shape(10, 100_000, 64, 32) == (32, 6_400)  # a strip: scaled as by area, short side held at one stride
 
 
