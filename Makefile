@@ -112,7 +112,8 @@ demo: $(READY)
 		--batch_size=16 --sample_every=100 --eval_every=100 --checkpoint_every=100 --log_every=20
 	cp "$$(ls demo/run/samples/*.png | sort | tail -n 1)" demo/before_after.png
 	$(PY) -m export --run=demo/run --out=demo/exports
-	photos="$$($(PY) -c 'from preprocess.sources import DEMO_PHOTOS, sample_photos; \
+	photos="$$($(PY) -c 'from preprocess.console import quiet_tensorflow; quiet_tensorflow(); \
+		from preprocess.sources import DEMO_PHOTOS, sample_photos; \
 		print(" ".join(str(path) for key, path in sample_photos().items() if key in DEMO_PHOTOS))')"; \
 	$(PY) -m export.colorize --model demo/exports/cgan --output demo/colorized/run $$photos && \
 	$(PY) -m export.colorize --output demo/colorized/shipped $$photos && \

@@ -15,11 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+from preprocess.console import quiet_tensorflow
 
-from export.images import UnusableImage, load_photo
-from preprocess.preview import save_png
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from export.images import UnusableImage, load_photo  # noqa: E402
+from preprocess.preview import save_png  # noqa: E402
 
 GAP = 4  # white pixels between cells
 
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--column", action="append", default=[], metavar="NAME=FOLDER",
                         help="a model's colorizations (repeat, in order)")  # fmt: skip
     parser.add_argument("--height", type=int, default=160, help="row height in pixels (default: 160)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     columns = {}
     for spec in args.column:
