@@ -290,8 +290,9 @@ Date: {date}. Command: `{command}`.
 The references with their own defaults, timed by bench_peer.py: junyanz/pytorch-CycleGAN-and-pix2pix
 (`--model colorization`: batch norm, dropout, vanilla GAN loss, L1 x 100, Adam 2e-4) and
 richzhang/colorization (ECCV16, untrained weights), on {threads} PyTorch threads. The project with its
-defaults (float32, the model's preset for the size, TensorFlow's default thread pools), and
-with `--precision=mixed_bfloat16` as a second column. Synthetic batches on both sides.
+defaults (the model's preset for the size, TensorFlow's default thread pools) in both
+precisions: `--precision=auto`, the default, is mixed_bfloat16 on a CPU with bf16 units
+(as here) and float32 on one without. Synthetic batches on both sides.
 
 Each measurement is a fresh process: images/s from the median of {iters} timed steps after
 {warmup} warm-up steps. {rounds} rounds, each timing every case on the project side and then on the
