@@ -291,7 +291,7 @@ def test_a_signal_saves_the_current_step_and_the_same_command_resumes_there(sign
 def test_validation_metrics_agree_with_the_report_metrics():
     from evaluate import metrics
     from preprocess import color as color_lib
-    from train.loop import auc_bin_weights, colorfulness, rebalanced_auc
+    from train.loop import colorfulness, rebalanced_auc
 
     rng = np.random.default_rng(3)
     real = rng.integers(0, 256, [2, 16, 16, 3]).astype(np.uint8)
@@ -302,7 +302,7 @@ def test_validation_metrics_agree_with_the_report_metrics():
     prior[:5] = 0
     _, real_color = color_lib.rgb_to_model(real)
     _, fake_color = color_lib.rgb_to_model(fake)
-    ours = rebalanced_auc(real_color, fake_color, tf.constant(auc_bin_weights(prior))).numpy()
+    ours = rebalanced_auc(real_color, fake_color, tf.constant(metrics.rebalancing_weights(prior), tf.float32)).numpy()
     lab_real = color_lib.rgb_to_lab(real).numpy()
     lab_fake = color_lib.rgb_to_lab(fake).numpy()
     for i in range(2):

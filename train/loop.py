@@ -46,6 +46,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 import models
+from evaluate.metrics import AUC_MAX_DISTANCE, rebalancing_weights
 from models.config import ConfigError
 from preprocess import atomic, color, dataset
 from train import steps as steps_lib
@@ -257,7 +258,6 @@ def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distr
 
 # Validation metrics where higher is better; the others (val/l1) are negated for --best_by.
 HIGHER_IS_BETTER = {"val/psnr", "val/auc_rebalanced"}
-AUC_MAX_DISTANCE = 150  # Lab units: Zhang et al.'s thresholds t = 0, 1, ..., 150
 
 
 def colorfulness(rgb: tf.Tensor) -> tf.Tensor:
@@ -277,17 +277,10 @@ def rebalanced_auc(real_color: tf.Tensor, fake_color: tf.Tensor, bin_weights: tf
     thresholds 0..150, weighted by the weight of its true colour's bin.
     """
     distance = tf.norm((fake_color - real_color) * color.AB_SCALE, axis=-1)  # [B, H, W] Lab units
-    passed = tf.clip_by_value(AUC_MAX_DISTANCE + 1.0 - tf.math.ceil(distance), 0.0, AUC_MAX_DISTANCE + 1.0)
+    top = AUC_MAX_DISTANCE + 1.0
+    passed = tf.clip_by_value(top - tf.math.ceil(distance), 0.0, top)
     weights = tf.gather(bin_weights, color.nearest_bin(real_color * color.AB_SCALE))  # [B, H, W]
-    return tf.reduce_sum(weights * passed, [1, 2]) / (tf.reduce_sum(weights, [1, 2]) * (AUC_MAX_DISTANCE + 1.0))
-
-
-def auc_bin_weights(ab_prior: np.ndarray | None) -> np.ndarray:
-    """1 / prior per ab bin (bins the prior never saw weigh as its rarest); uniform without a prior."""
-    if ab_prior is None:
-        return np.ones(len(color.ab_bins()), np.float32)
-    prior = np.asarray(ab_prior, np.float64) / max(1, np.sum(ab_prior))
-    return (1.0 / np.maximum(prior, prior[prior > 0].min())).astype(np.float32)
+    return tf.reduce_sum(weights * passed, [1, 2]) / (tf.reduce_sum(weights, [1, 2]) * top)
 
 
 def make_evaluate(generator: keras.Model, train: TrainConfig,
@@ -297,7 +290,8 @@ def make_evaluate(generator: keras.Model, train: TrainConfig,
     ab_prior: the training data's ab-bin pixel counts [Q] for the rebalanced AuC; without
     one every pixel weighs the same (plain AuC).
     """
-    bin_weights = tf.constant(auc_bin_weights(ab_prior))
+    uniform = np.ones(len(color.ab_bins()))
+    bin_weights = tf.constant(uniform if ab_prior is None else rebalancing_weights(ab_prior), tf.float32)
 
     def errors(gray, real_color):
         fake_color = tf.cast(generator(gray, training=False), tf.float32)
