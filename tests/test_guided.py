@@ -1,0 +1,115 @@
+"""guided: the hints (models/hints.py), the hint-guided model, its step and exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import hints
+from preprocess import color
+
+
+def _color(size: int = 2, side: int = 16, seed: int = 0) -> tf.Tensor:
+    return tf.random.stateless_uniform([size, side, side, 2], [seed, 2], -0.6, 0.6)
+
+
+# ---------------------------------------------------------------------------------------
+# hints
+
+
+def test_empty_hints_have_the_documented_shapes():
+    size = len(color.ab_bins()) + 2
+    assert hints.GLOBAL_HINT_SIZE == hints.global_hint_size() == size
+    assert hints.no_global_hint(3).shape == (3, size) and not np.any(hints.no_global_hint(3))
+    local = hints.no_local_hints(tf.zeros([2, 8, 12, 1]))
+    assert local.shape == (2, 8, 12, 3) and local.dtype == tf.float32 and not np.any(local)
+
+
+def test_global_hint_of_a_one_colour_image_puts_all_its_mass_in_that_colours_bin():
+    ab = np.array([40.0, -30.0], np.float32)  # Lab units: a green-blue
+    image = np.broadcast_to(ab / color.AB_SCALE, [1, 8, 8, 2])
+    hint = hints.global_hint(image).numpy()[0]
+    q = len(color.ab_bins())
+    expected = int(color.nearest_bin(ab))
+    assert hint.shape == (q + 2,)
+    assert hint[expected] == pytest.approx(1.0) and np.delete(hint[:q], expected).max() == 0.0
+    assert hint[q] == pytest.approx(np.hypot(40.0, 30.0) / color.AB_SCALE, rel=1e-5)  # mean saturation
+    assert hint[q + 1] == 1.0  # given
+
+
+def test_global_hint_sums_to_one_and_ignores_pixels_of_weight_zero():
+    image = np.zeros([2, 4, 4, 2], np.float32)
+    image[:, :, :2] = [0.5, 0.2]  # left half coloured, right half gray
+    weights = np.zeros([2, 4, 4], np.float32)
+    weights[:, :, :2] = 1.0
+    full, left = hints.global_hint(image).numpy(), hints.global_hint(image, weights).numpy()
+    q = len(color.ab_bins())
+    np.testing.assert_allclose(full[:, :q].sum(1), 1.0, rtol=1e-6)
+    assert full[0, int(color.nearest_bin([0.0, 0.0]))] == pytest.approx(0.5)
+    assert left[0, int(color.nearest_bin([55.0, 22.0]))] == pytest.approx(1.0)
+    assert left[0, q] == pytest.approx(2 * full[0, q], rel=1e-5)  # gray pixels lowered the full image's saturation
+
+
+def test_sample_global_hint_is_the_truths_or_nothing():
+    image = _color(size=400)
+    hint = hints.sample_global_hint(image, tf.random.Generator.from_seed(0), 0.3).numpy()
+    given = hint[:, -1] == 1.0
+    assert 0.22 < given.mean() < 0.38
+    np.testing.assert_allclose(hint[given], hints.global_hint(image).numpy()[given], atol=1e-6)
+    assert not np.any(hint[~given])
+
+
+def test_sampled_local_hints_are_patches_of_the_truths_mean_colour():
+    image = _color(size=300, side=24)
+    local = hints.sample_local_hints(image, tf.random.Generator.from_seed(1), points=1).numpy()
+    assert local.shape == (300, 24, 24, 3)
+    mask = local[..., 2]
+    assert set(np.unique(mask)) == {0.0, 1.0}
+    assert not np.any(local[..., :2][mask == 0])
+    sides = []
+    for hint, truth in zip(local, image.numpy()):
+        rows, cols = np.nonzero(hint[..., 2])
+        side = rows.max() - rows.min() + 1
+        assert cols.max() - cols.min() + 1 == side and len(rows) == side**2  # one square
+        sides.append(side)
+        np.testing.assert_allclose(hint[rows, cols, :2], np.broadcast_to(truth[rows, cols].mean(0), [len(rows), 2]),
+                                   atol=1e-6)  # fmt: skip
+    assert set(sides) == set(range(1, 10))  # every patch side of the paper, 1 to 9
+
+
+def test_the_number_of_sampled_points_is_geometric():
+    # single pixels on a large image, so that points rarely land on one another
+    image = tf.zeros([1500, 96, 96, 2])
+    local = hints.sample_local_hints(image, tf.random.Generator.from_seed(2), patch_sizes=(1,))
+    counts = local[..., 2].numpy().sum(axis=(1, 2))
+    p = hints.POINT_PROBABILITY
+    assert counts.mean() == pytest.approx((1 - p) / p, abs=0.6)  # 7; the sample mean's deviation is 0.19
+    for n in (0, 1, 5):
+        assert (counts == n).mean() == pytest.approx((1 - p) ** n * p, abs=0.03)
+
+
+def test_sampling_with_a_seed_is_the_same_eagerly_in_a_graph_and_in_tf_data():
+    image = _color(size=4)
+    seed = tf.constant([3, 4], tf.int64)
+    eager = hints.sample_local_hints(image, seed).numpy()
+    graph = tf.function(hints.sample_local_hints)(image, seed).numpy()
+    mapped = next(iter(tf.data.Dataset.from_tensors(image).map(lambda c: hints.sample_local_hints(c, seed)))).numpy()
+    np.testing.assert_array_equal(eager, graph)
+    np.testing.assert_array_equal(eager, mapped)
+    other = hints.sample_local_hints(image, tf.constant([3, 5], tf.int64)).numpy()
+    assert not np.array_equal(eager, other)
+
+
+def test_local_hints_from_points_centre_squares_and_clip_them_at_the_edges():
+    local = hints.local_hints_from_points([[0, 0], [4, 5]], [[0.1, -0.2], [0.3, 0.4]], 6, 7, patch=3).numpy()
+    assert local.shape == (1, 6, 7, 3)
+    mask = local[0, ..., 2]
+    expected = np.zeros([6, 7])
+    expected[0:2, 0:2] = 1  # the corner point's square, clipped
+    expected[3:6, 4:7] = 1
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_allclose(local[0, 0, 0, :2], [0.1, -0.2])
+    np.testing.assert_allclose(local[0, 5, 6, :2], [0.3, 0.4])
+    single = hints.local_hints_from_points([[2, 3]], [[0.5, 0.5]], 6, 7).numpy()
+    assert single[0, ..., 2].sum() == 1 and single[0, 2, 3, 2] == 1
