@@ -111,9 +111,67 @@ class _Histograms:
 
     def flush(self, split: str) -> None:
         if self.pending[split]:
-            ab = color.rgb_to_lab(np.stack(self.pending[split]))[..., 1:].numpy()
-            self.counts[split] += color.ab_histogram(ab)
+            self.counts[split] += ab_counts(self.pending[split])
             self.pending[split] = []
+
+
+def ab_counts(tiles: list[np.ndarray]) -> np.ndarray:
+    """Pixel counts [Q] (int64) over the in-gamut ab bins of uint8 RGB tiles, each [S, S, 3].
+
+    One TF call for the whole list: callers gather a few hundred tiles, since a call per tile
+    would cost more than the conversion itself.
+    """
+    ab = color.rgb_to_lab(np.stack(tiles))[..., 1:].numpy()
+    return color.ab_histogram(ab)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoTiles:
+    """What one photo becomes: the kept tiles of its split, or why it was skipped.
+
+    The one per-photo step of `make data`: the local writer (`write_chunk`) and the Beam
+    pipeline (`preprocess/beam.py`) both call `photo_tiles`, so they keep and skip the same.
+    """
+
+    source_id: str
+    label: int
+    split: str | None  # None when the photo is skipped
+    tiles: tuple[np.ndarray, ...] = ()  # kept uint8 tiles [size, size, 3], in tiling order
+    skipped_file: dict | None = None  # {"source", "reason"} when the whole photo is skipped
+    skipped_tiles: tuple[dict, ...] = ()  # {"source", "tile", "reason"} of its flat tiles
+
+    def examples(self) -> list[bytes]:
+        """The kept tiles as serialized records of `schema`."""
+        return [schema.encode(tile, self.source_id, self.label) for tile in self.tiles]
+
+
+def photo_tiles(record: sources.Record, group: str, options: Options) -> PhotoTiles:
+    """One photo read by `sources.read` -> its split and kept tiles, or the reason it is skipped."""
+
+    def skipped(reason: str, flat: tuple[dict, ...] = ()) -> PhotoTiles:
+        return PhotoTiles(record.source_id, record.label, None, (), {"source": record.origin, "reason": reason}, flat)
+
+    if record.error is not None:
+        return skipped(record.error)
+    score = color.colorfulness(_preview(record.rgb))
+    if score < options.min_colorfulness:
+        reason = f"near-gray photo: colourfulness {score:.1f} < {options.min_colorfulness}: no colour truth"
+        return skipped(reason)
+    split = split_of(record.source_id, group, options.val_fraction)
+    rng = np.random.default_rng([options.seed, int(hashlib.sha1(record.source_id.encode()).hexdigest()[:8], 16)])
+    candidates = tiles.make_tiles(record.rgb, options.size, options.mode, rng, options.crops, options.overlap)
+    kept, flat = [], []
+    for number, tile in enumerate(candidates):
+        structure = tiles.luma_std(tile)
+        if structure < options.min_tile_std:
+            reason = f"flat tile: luma std {structure:.2f} < {options.min_tile_std}"
+            flat.append({"source": record.origin, "tile": number, "reason": reason})
+        else:
+            kept.append(tile)
+    if not kept:
+        reason = f"no tile with structure: all {len(candidates)} tiles are flat"
+        return skipped(reason, tuple(flat))
+    return PhotoTiles(record.source_id, record.label, split, tuple(kept), skipped_tiles=tuple(flat))
 
 
 def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
@@ -134,35 +192,16 @@ def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
     try:
         writers = {split: tf.io.TFRecordWriter(str(path), tf_options) for split, path in temporary.items()}
         for record in sources.read(chunk, options.max_pixels):
-            if record.error is None:
-                score = color.colorfulness(_preview(record.rgb))
-                if score < options.min_colorfulness:
-                    record = dataclasses.replace(
-                        record,
-                        error=f"near-gray photo: colourfulness {score:.1f} < {options.min_colorfulness}: no colour truth",
-                    )
-            if record.error is not None:
-                part["skipped_files"].append({"source": record.origin, "reason": record.error})
+            photo = photo_tiles(record, chunk.group, options)
+            part["skipped_tiles"] += photo.skipped_tiles
+            if photo.skipped_file is not None:
+                part["skipped_files"].append(photo.skipped_file)
                 continue
-            split = split_of(record.source_id, chunk.group, options.val_fraction)
-            rng = np.random.default_rng([options.seed, int(hashlib.sha1(record.source_id.encode()).hexdigest()[:8], 16)])
-            candidates = tiles.make_tiles(record.rgb, options.size, options.mode, rng, options.crops, options.overlap)
-            kept = 0
-            for number, tile in enumerate(candidates):
-                structure = tiles.luma_std(tile)
-                if structure < options.min_tile_std:
-                    reason = f"flat tile: luma std {structure:.2f} < {options.min_tile_std}"
-                    part["skipped_tiles"].append({"source": record.origin, "tile": number, "reason": reason})
-                    continue
-                writers[split].write(schema.encode(tile, record.source_id, record.label))
-                histograms.add(split, tile)
-                kept += 1
-            if kept:
-                part["images"][split] += 1
-                part["tiles"][split] += kept
-            else:
-                reason = f"no tile with structure: all {len(candidates)} tiles are flat"
-                part["skipped_files"].append({"source": record.origin, "reason": reason})
+            for tile, example in zip(photo.tiles, photo.examples()):
+                writers[photo.split].write(example)
+                histograms.add(photo.split, tile)
+            part["images"][photo.split] += 1
+            part["tiles"][photo.split] += len(photo.tiles)
         for writer in writers.values():
             writer.close()
         for split in splits:
