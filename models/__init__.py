@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from models import cyclegan, iizuka, pix2pix, regression, zhang
+from models import cyclegan, guided, iizuka, pix2pix, regression, zhang
 from models.config import ConfigError, from_dict
 from preprocess import atomic
 
@@ -65,6 +65,7 @@ MODELS: dict[str, Model] = {
     "zhang": Model(zhang.ZhangConfig, zhang.build, zhang.PRESETS),
     "iizuka": Model(iizuka.IizukaConfig, iizuka.build, iizuka.PRESETS, iizuka.from_data),
     "cyclegan": Model(cyclegan.CycleGANConfig, cyclegan.build, cyclegan.PRESETS),
+    "guided": Model(guided.GuidedConfig, guided.build, guided.PRESETS),
 }
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
-from models import hints
+import models
+from models import guided, hints
+from models.guided import GuidedConfig
 from preprocess import color
+from train import loop, steps
+from train.__main__ import main
 
 
 def _color(size: int = 2, side: int = 16, seed: int = 0) -> tf.Tensor:
@@ -113,3 +119,90 @@ def test_local_hints_from_points_centre_squares_and_clip_them_at_the_edges():
     np.testing.assert_allclose(local[0, 5, 6, :2], [0.3, 0.4])
     single = hints.local_hints_from_points([[2, 3]], [[0.5, 0.5]], 6, 7).numpy()
     assert single[0, ..., 2].sum() == 1 and single[0, 2, 3, 2] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# the model and its step
+
+TINY = {"base_width": 2, "global_layers": 2}
+TINY_ARGS = [f"--{key}={value}" for key, value in TINY.items()]
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Runs may turn on op determinism; the dtype policy must come back as float32."""
+    yield
+    tf_config.disable_op_determinism()
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _batch(size: int = 4, side: int = 16) -> dict[str, tf.Tensor]:
+    return {"gray": tf.random.stateless_uniform([size, side, side, 1], [0, 1], -1.0, 1.0), "color": _color(size, side)}
+
+
+def test_the_generator_without_hints_is_the_generator_with_empty_hints():
+    generator = models.build("guided", GuidedConfig(**TINY))["generator"]
+    gray = _batch()["gray"]
+    automatic = generator(gray)
+    assert automatic.shape == (4, 16, 16, 2) and automatic.dtype == tf.float32
+    assert np.abs(automatic.numpy()).max() <= 1.0
+    empty = generator([gray, hints.no_local_hints(gray), hints.no_global_hint(4)])
+    np.testing.assert_array_equal(automatic.numpy(), empty.numpy())
+    guided = generator([gray, hints.sample_local_hints(_color(4), tf.constant([1, 1]), points=5),
+                        hints.global_hint(_color(4))])  # fmt: skip
+    assert guided.shape == (4, 16, 16, 2) and not np.allclose(guided.numpy(), automatic.numpy())
+    assert generator.network.input_shape == [(None, None, None, 1), (None, None, None, 3), (None, hints.GLOBAL_HINT_SIZE)]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_a_step_gives_finite_losses_and_moves_every_weight(compiled):
+    config = GuidedConfig(**TINY, global_hint_probability=1.0)  # the global layers learn only from given hints
+    networks = models.build("guided", config)
+    generator = networks["generator"]
+    optimizers = {"generator": keras.optimizers.Adam(1e-3)}
+    before = [v.numpy().copy() for v in generator.trainable_variables]
+    step = steps.make("guided", config)
+    assert set(step.state) == {"hint_rng"}
+    losses = (tf.function(step) if compiled else step)(networks, optimizers, _batch())
+    assert set(losses) == {"gen/total", "gen/hint_pixels"}
+    assert np.isfinite(float(losses["gen/total"])) and float(losses["gen/hint_pixels"]) >= 0.0
+    unmoved = [v.path for v, old in zip(generator.trainable_variables, before) if np.array_equal(v.numpy(), old)]
+    assert not unmoved
+
+
+def test_huber_is_quadratic_below_delta_and_l1_above():
+    truth = tf.zeros([1, 1, 2, 2])
+    small = tf.fill([1, 1, 2, 2], 0.5 / color.AB_SCALE)  # half a Lab unit off
+    large = tf.fill([1, 1, 2, 2], 0.2)
+    assert float(guided.huber(truth, small, 1.0)) == pytest.approx(0.5 * 0.5**2 / color.AB_SCALE, rel=1e-4)
+    assert float(guided.huber(truth, large, 1.0)) == pytest.approx(0.2 - 0.5 / color.AB_SCALE, rel=1e-4)
+
+
+def test_the_sample_grid_shows_automatic_hinted_and_reference_columns():
+    generator = models.build("guided", GuidedConfig(**TINY))["generator"]
+    batch = _batch(size=2)
+    rows = loop.sample_rows(generator, batch["gray"], batch["color"])
+    assert rows.shape == (2, 16, 5 * 16, 3) and rows.dtype == np.uint8  # gray | automatic | 10 hints | global | truth
+    np.testing.assert_array_equal(rows, loop.sample_rows(generator, batch["gray"], batch["color"]))  # same hints each time
+
+
+def _checkpoint_values(path: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter")}  # fmt: skip
+
+
+def test_a_resumed_run_equals_one_that_never_stopped(tiny_shards, tmp_path):
+    common = [f"--data={tiny_shards}", "--model=guided", *TINY_ARGS, "--batch_size=4", "--crop_size=16",
+              "--val_batches=1", "--sample_images=2", "--deterministic", "--checkpoint_every=2"]  # fmt: skip
+    stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
+    assert main([*common, f"--run={stopped}", "--steps=2"]) == 0
+    assert main(["--model=guided", f"--run={stopped}", "--steps=4"]) == 0
+    assert main([*common, f"--run={unbroken}", "--steps=4"]) == 0
+    resumed = _checkpoint_values(str(stopped / "ckpt" / "ckpt-4"))
+    reference = _checkpoint_values(str(unbroken / "ckpt" / "ckpt-4"))
+    assert resumed.keys() == reference.keys()
+    assert any(key.startswith("hint_rng/") for key in reference), "the hints' generator is not checkpointed"
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    assert (stopped / "samples" / "step-00000004.png").exists()

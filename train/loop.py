@@ -322,9 +322,16 @@ def selection_score(val: dict[str, float], best_by: str) -> float:
 
 
 def sample_rows(generator: keras.Model, gray: tf.Tensor, real_color: tf.Tensor) -> np.ndarray:
-    """uint8 [N, H, 3W, 3]: per example, gray | generated | real."""
-    fake_color = generator(gray, training=False)
-    images = [color.model_to_rgb(gray, tf.zeros_like(real_color)), color.model_to_rgb(gray, fake_color),
+    """uint8 [N, H, (2 + K)W, 3]: per example, gray | generated | real.
+
+    A generator with a `sample_colors(gray, real_color)` method gives its K generated
+    columns itself (guided: automatic, with hints); the others give one.
+    """
+    if hasattr(generator, "sample_colors"):
+        fakes = generator.sample_colors(gray, real_color)
+    else:
+        fakes = [generator(gray, training=False)]
+    images = [color.model_to_rgb(gray, tf.zeros_like(real_color)), *(color.model_to_rgb(gray, fake) for fake in fakes),
               color.model_to_rgb(gray, real_color)]  # fmt: skip
     return tf.concat(images, axis=2).numpy()
 

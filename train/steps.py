@@ -26,9 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import cyclegan, iizuka, zhang
+from models import cyclegan, guided, hints, iizuka, zhang
 from models.config import ConfigError
 from models.cyclegan import CycleGANConfig
+from models.guided import GuidedConfig
 from models.iizuka import IizukaConfig
 from models.pix2pix import CGANConfig
 from models.regression import RegressionConfig
@@ -314,12 +315,42 @@ def cyclegan_step(config: CycleGANConfig) -> Step:
     return step
 
 
+def guided_step(config: GuidedConfig) -> Step:
+    """Zhang et al. 2017: smooth L1 of the colour given hints sampled from the batch's own truth.
+
+    Each photo gets local hints (a geometric number of patches of its true mean colour,
+    models.hints.sample_local_hints) and, with probability global_hint_probability, its
+    own global hint; the rest get none. The hints' random generator is `step.state`, so a
+    resumed run samples the hints an unbroken one would; it is seeded from Python's
+    `random`, which --seed sets (keras.utils.set_random_seed).
+        gen/total = gen/huber (smooth L1 on ab in model scaling, quadratic below huber_delta Lab units)
+    """
+    rng = tf.random.Generator.from_seed(random.getrandbits(32))
+
+    def step(networks, optimizers, batch):
+        generator, optimizer = networks["generator"], optimizers["generator"]
+        gray, real_color = batch["gray"], batch["color"]
+        local = hints.sample_local_hints(real_color, rng, point_probability=config.point_probability,
+                                         max_points=config.max_points)  # fmt: skip
+        global_hint = hints.sample_global_hint(real_color, rng, config.global_hint_probability)
+        with tf.GradientTape() as tape:
+            fake_color = generator([gray, local, global_hint], training=True)
+            loss = guided.huber(real_color, fake_color, config.huber_delta)
+            scaled = optimizer.scale_loss(_replica_share(loss))
+        _apply(optimizer, tape, scaled, generator)
+        return {"gen/total": loss, "gen/hint_pixels": tf.reduce_mean(tf.reduce_sum(local[..., 2], [1, 2]))}
+
+    step.state = {"hint_rng": rng}
+    return step
+
+
 STEPS: dict[str, Callable[..., Step]] = {
     "cgan": cgan_step,
     "regression": regression_step,
     "zhang": zhang_step,
     "iizuka": iizuka_step,
     "cyclegan": cyclegan_step,
+    "guided": guided_step,
 }
 
 
