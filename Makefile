@@ -11,12 +11,16 @@ SOURCE ?= samples
 SIZE ?= 64
 MODE ?=
 OUT ?= data/shards
+# DOMAIN=gray: gray-only tiles (old scans, no colour truth) for cyclegan's GRAY_DATA
+DOMAIN ?=
 ARGS ?=
 
 # make train
 MODEL ?= cgan
 DATA ?= data/shards
 RUN ?= runs/$(MODEL)
+# cyclegan: shards from `make data DOMAIN=gray`, the gray photos it learns from
+GRAY_DATA ?=
 STEPS ?=
 EPOCHS ?=
 
@@ -40,8 +44,9 @@ CLASSIFIER ?=
 help:
 	@echo "make demo                 the whole pipeline on the sample photos that scikit-image ships"
 	@echo "make test                 the test suite"
-	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... ARGS='--key=value ...'"
-	@echo "make train MODEL=cgan|regression|zhang|iizuka DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
+	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... [DOMAIN=gray] ARGS='--key=value ...'"
+	@echo "make train MODEL=cgan|regression|zhang|iizuka|cyclegan DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
+	@echo "make train MODEL=cyclegan DATA=<colour shards> GRAY_DATA=<shards of DOMAIN=gray> ...   unpaired, from real gray photos"
 	@echo "make export RUN=runs/<name> [VERSION=n]   a SavedModel for TF Serving in exports/"
 	@echo "make serve [EXPORT=exports/cgan] [SERVING_URL=http://host:8501/v1/models/cgan]   (default: the shipped colorizer)"
 	@echo "make evaluate RUN=runs/<name> DATA=<shards or photos> [EXPORT=exports/<name>] [ARGS=...]"
@@ -60,11 +65,12 @@ $(READY): setup.cfg pyproject.toml
 setup: $(READY)
 
 data: $(READY)
-	$(PY) -m preprocess --source='$(SOURCE)' --size=$(SIZE) $(if $(MODE),--mode=$(MODE)) --out='$(OUT)' $(ARGS)
+	$(PY) -m preprocess --source='$(SOURCE)' --size=$(SIZE) $(if $(MODE),--mode=$(MODE)) $(if $(DOMAIN),--domain=$(DOMAIN)) \
+		--out='$(OUT)' $(ARGS)
 
 train: $(READY)
 	$(PY) -m train --model=$(MODEL) --data='$(DATA)' --run='$(RUN)' $(if $(STEPS),--steps=$(STEPS)) \
-		$(if $(EPOCHS),--epochs=$(EPOCHS)) $(ARGS)
+		$(if $(EPOCHS),--epochs=$(EPOCHS)) $(if $(GRAY_DATA),--gray_data='$(GRAY_DATA)') $(ARGS)
 
 # The demo's training budget: a few minutes on two cores; the pictures show a colorizer
 # that has started to learn, not a finished one, beside the shipped colorizer.
@@ -136,6 +142,7 @@ else
 	$(PY) -m train.bench
 	$(PY) -m train.bench --model=zhang
 	$(PY) -m train.bench --model=iizuka
+	$(PY) -m train.bench --model=cyclegan
 	$(PY) -m export.bench
 	$(PY) -m export.bench --model=zhang
 	$(PY) -m export.bench --model=iizuka

@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluated[colorizer.label] = colorizer.colorize
         shards = dataset.Shards(args.data) if (args.data / dataset.MANIFEST).exists() else None
         if shards is not None:
+            shards.require_color("evaluate on colour shards or a folder of colour photos: the scores need the true colour")
             split = args.split or ("test" if "test" in shards.splits and shards.splits["test"].tiles else "val")
             images = shard_images(shards, split, args.limit)
         elif args.data.is_dir():

@@ -102,6 +102,7 @@ def load(folder: str | Path) -> keras.Model:
 def train(shards_dir: str | Path, out_dir: str | Path, settings: Settings = Settings()) -> dict:
     """Trains on the train split, saves the model and its info JSON in `out_dir`, returns the info."""
     shards = dataset.Shards(shards_dir)
+    shards.require_color("the classifier learns from colour photos")
     images, labels = read_labelled(shards_dir, "train")
     classes = len(shards.label_names or []) or int(labels.max()) + 1
     held_out = {split: read_labelled(shards_dir, split) for split in ("val", "test") if split in shards.splits}

@@ -1,6 +1,7 @@
 """`python -m preprocess` (what `make data` runs): colour photos -> sharded Lab-ready TFRecords.
 
     python -m preprocess --source=folder:~/photos --size=256 --mode=random --out=data/photos
+    python -m preprocess --source=folder:~/old-scans --size=256 --mode=random --domain=gray --out=data/old-scans
 """
 
 from __future__ import annotations
@@ -27,9 +28,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--mode", choices=MODES, default=defaults["mode"], help="how photos become tiles (default: center)")
     add("--crops", type=int, default=4, help="random crops per photo with --mode=random (default: 4)")
     add("--overlap", type=float, default=0.25, help="tile overlap as a fraction of SIZE with --mode=tile")
-    add("--val-fraction", type=float, default=0.25, help="share of photos hashed into val (default: 0.25)")
+    add("--domain", choices=("color", "gray"), default="color",
+        help="color: colour photos, the training data of every model (default); gray: gray-only tiles for "
+             "cyclegan's GRAY_DATA (old scans: gray photos kept, colour ones stored as their lightness)")
+    add("--val-fraction", type=float, default=None,
+        help="share of photos hashed into val (default: 0.25; 0 with --domain=gray, whose tiles only train)")
     add("--min-colorfulness", type=float, default=5.0,
-        help="skip photos less colourful than this (Hasler-Suesstrunk; 0 is gray; default: 5)")
+        help="skip photos less colourful than this (Hasler-Suesstrunk; 0 is gray; default: 5); with "
+             "--domain=gray none are skipped, and those this colourful are listed as converted to gray")
     add("--min-tile-std", type=float, default=3.0, help="skip tiles whose luma std (0..255) is below this")
     add("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb guard")
     add("--images-per-shard", type=int, default=0, help="photos per shard (default: about 32 MiB shards)")
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = shards.Options(
             source=args.source, size=args.size, mode=args.mode, crops=args.crops, overlap=args.overlap,
-            val_fraction=args.val_fraction, min_colorfulness=args.min_colorfulness,
+            val_fraction=(0.0 if args.domain == "gray" else 0.25) if args.val_fraction is None else args.val_fraction,
+            min_colorfulness=args.min_colorfulness, domain=args.domain,
             min_tile_std=args.min_tile_std, max_pixels=args.max_pixels,
             images_per_shard=args.images_per_shard,
             compression=None if args.compression == "none" else "GZIP", seed=args.seed,

@@ -92,6 +92,19 @@ def model_to_rgb(gray: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.round(rgb * 255.0), tf.uint8)
 
 
+def gray_levels(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB [..., 3] -> uint8 [..., 1]: per pixel the sRGB level v of the neutral gray
+    (v, v, v) with the same luminance Y, hence the same L (its a and b are 0 under D65), to
+    within 8-bit rounding. A gray pixel (R = G = B) keeps its value, since the Y row of the
+    sRGB matrix sums to one. NumPy in float64, for the preprocessing workers (DOMAIN=gray)."""
+    value = np.asarray(rgb, np.float64) / 255.0
+    linear = np.where(value > 0.04045, ((value + 0.055) / 1.055) ** 2.4, value / 12.92)
+    luminance = linear @ _XYZ_FROM_RGB[1]
+    encoded = np.where(luminance > 0.0031308, 1.055 * np.maximum(luminance, 0.0031308) ** (1 / 2.4) - 0.055,
+                       12.92 * luminance)  # fmt: skip
+    return np.clip(np.round(encoded * 255.0), 0, 255).astype(np.uint8)[..., None]
+
+
 def colorfulness(rgb: np.ndarray) -> float:
     """Hasler and Suesstrunk (2003) colourfulness of one uint8 RGB image [H, W, 3]; 0 for gray.
 

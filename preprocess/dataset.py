@@ -6,13 +6,16 @@ The batch format shared by every model, loop and report:
     gray   float32 [B, H, W, 1]  L / 50 - 1, in [-1, 1]
     color  float32 [B, H, W, 2]  ab / 110, in about [-1, 1]
     label  int64   [B]           class index, or -1 where the source has no labels
-Unpaired batches (`Shards.unpaired_batches`, cyclegan's --unpaired) take gray and colour
-from disjoint halves of the photos, and add the colour photos' own lightness:
+Gray-only shards (`make data DOMAIN=gray`: old scans, no colour truth) give "gray" and
+"label" alone. Unpaired batches (`Shards.unpaired_batches`, cyclegan's --unpaired and
+GRAY_DATA) take gray and colour from different photos, gray from disjoint halves of one
+folder or from a gray-only folder, and add the colour photos' own lightness:
     color_gray  float32 [B, H, W, 1]  L / 50 - 1 of the photos in "color" (not those in "gray")
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +27,10 @@ from preprocess import color, schema
 
 MANIFEST = "manifest.json"
 DOMAINS = ("gray", "color")  # the halves of the photos unpaired training takes each side from
+
+
+class GrayOnly(ValueError):
+    """Gray-only shards (DOMAIN=gray) where colour truth is needed."""
 
 
 def domain_of(source_id: tf.Tensor) -> tf.Tensor:
@@ -42,10 +49,11 @@ class Split(NamedTuple):
 class Shards:
     """A finished shard folder, opened once: its manifest read and checked here and nowhere else.
 
-    What every stage asks of the folder: `tile_size`, `compression`, `splits` (and `split(name)`,
-    checked), the train split's `ab_prior` (Zhang et al.'s rebalancing), `label_names`, the
-    parsed `records` of a split and the training or evaluation `batches` of the module docstring.
-    A missing manifest or one of another schema version is a clear error naming the file.
+    What every stage asks of the folder: `tile_size`, `compression`, `domain` ("color", or
+    "gray" for gray-only tiles), `splits` (and `split(name)`, checked), the train split's
+    `ab_prior` (Zhang et al.'s rebalancing), `label_names`, the parsed `records` of a split and
+    the training or evaluation `batches` of the module docstring. A missing manifest or one
+    of another schema version is a clear error naming the file.
     """
 
     def __init__(self, folder: str | Path):
@@ -65,6 +73,7 @@ class Shards:
         self.manifest = manifest  # as written by preprocess/shards.py, for what has no property here
         self.tile_size = int(manifest["options"]["size"])
         self.compression = manifest["options"].get("compression") or ""
+        self.domain = manifest["options"].get("domain", "color")  # shards from before DOMAIN=gray are colour
         self.splits = {
             name: Split(tuple(str(self.folder / shard) for shard in info["shards"]), int(info["tiles"]),
                         int(info.get("images", 0)))
@@ -79,6 +88,11 @@ class Shards:
     def __repr__(self) -> str:
         return f"Shards({str(self.folder)!r})"
 
+    def require_color(self, remedy: str) -> None:
+        """Raises GrayOnly, naming the folder and `remedy`, when the tiles have no colour truth."""
+        if self.domain == "gray":
+            raise GrayOnly(f"{self.folder} has only gray photos (DOMAIN=gray); {remedy}")
+
     def split(self, name: str) -> Split:
         """One split, its shard files checked to exist; an error naming the splits there are."""
         if name not in self.splits or not self.splits[name].files:
@@ -91,13 +105,14 @@ class Shards:
         return self.splits[name]
 
     def records(self, split: str, limit: int = 0) -> tf.data.Dataset:
-        """The parsed tiles of a split in shard order (schema.parse: rgb, source_id, label); with
-        `limit`, that many spread evenly over the split (shards are often in class order)."""
+        """The parsed tiles of a split in shard order (schema.parse: rgb, or gray for gray-only
+        shards, source_id, label); with `limit`, that many spread evenly over the split (shards
+        are often in class order)."""
         info = self.split(split)
         records = tf.data.TFRecordDataset(list(info.files), compression_type=self.compression)
         if limit:
             records = records.shard(max(1, info.tiles // limit), 0).take(limit)
-        return records.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE)
+        return records.map(functools.partial(schema.parse, domain=self.domain), num_parallel_calls=tf.data.AUTOTUNE)
 
     def batches(
         self,
@@ -137,32 +152,42 @@ class Shards:
         if training:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
+        key, channels = ("gray", 1) if self.domain == "gray" else ("rgb", 3)
+
         def prepare(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            example = schema.parse(serialized)
-            rgb = example["rgb"]
+            example = schema.parse(serialized, self.domain)
+            pixels = example[key]
             if training:
-                rgb = tf.image.random_flip_left_right(rgb, seed=seed)
+                pixels = tf.image.random_flip_left_right(pixels, seed=seed)
                 if crop_size:
-                    rgb = tf.image.random_crop(rgb, [crop_size, crop_size, 3], seed=seed)
+                    pixels = tf.image.random_crop(pixels, [crop_size, crop_size, channels], seed=seed)
             elif crop_size:
-                rgb = tf.image.resize_with_crop_or_pad(rgb, crop_size, crop_size)
-            return rgb, example["label"]
+                pixels = tf.image.resize_with_crop_or_pad(pixels, crop_size, crop_size)
+            return pixels, example["label"]
 
         return (
             records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
             .batch(batch_size, drop_remainder=drop_remainder)
             # Lab conversion on whole batches: one vectorised op instead of one per tile.
-            .map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .map(gray_batch if self.domain == "gray" else to_batch, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
         )
 
 
-    def unpaired_batches(self, split: str = "train", batch_size: int = 64, **options) -> tf.data.Dataset:
+    def unpaired_batches(self, split: str = "train", batch_size: int = 64, gray_shards: Shards | None = None,
+                         **options) -> tf.data.Dataset:  # fmt: skip
         """Endless batches whose gray comes from one half of the photos and colour from the other
-        (`domain_of`), so that no photo is seen in both domains: the module docstring's keys
-        with color_gray. `options` as `batches`. Each half repeats on its own (with a fresh
-        shuffle), since the halves are not the same size; take an epoch's worth with `.take`."""
-        gray, color = (self.batches(split, batch_size, domain=domain, **options).repeat() for domain in DOMAINS)
+        (`domain_of`), so that no photo is seen in both domains; with `gray_shards` (GRAY_DATA),
+        gray from the train split of that folder and colour from all of this one. The module
+        docstring's keys with color_gray; `options` as `batches`. Each side repeats on its own
+        (with a fresh shuffle), since the two are not the same size; take an epoch's worth with
+        `.take`."""
+        self.require_color("its colour photos are the colour side of unpaired training")
+        if gray_shards is None:
+            gray, color = (self.batches(split, batch_size, domain=domain, **options).repeat() for domain in DOMAINS)
+        else:
+            gray = gray_shards.batches("train", batch_size, **options).repeat()
+            color = self.batches(split, batch_size, **options).repeat()
         return tf.data.Dataset.zip(gray, color).map(
             lambda g, c: {"gray": g["gray"], "color": c["color"], "color_gray": c["gray"], "label": g["label"]})
 
@@ -171,6 +196,14 @@ def to_batch(rgb: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     """uint8 RGB [B, H, W, 3] and labels [B] -> the batch dict above."""
     gray, ab = color.rgb_to_model(rgb)
     return {"gray": gray, "color": ab, "label": label}
+
+
+def gray_batch(levels: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
+    """uint8 gray levels [B, H, W, 1] of gray-only shards and labels [B] -> {"gray", "label"}:
+    L of the neutral gray (v, v, v), the conversion colour tiles take, so a gray photo gives
+    the same "gray" from gray-only shards as from colour ones."""
+    gray, _ = color.rgb_to_model(tf.repeat(levels, 3, axis=-1))
+    return {"gray": gray, "label": label}
 
 
 def load(shards_dir: str | Path, split: str = "train", batch_size: int = 64, **options) -> tf.data.Dataset:

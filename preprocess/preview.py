@@ -1,4 +1,5 @@
-"""A contact sheet of shard tiles, so a person sees what `make data` made: gray | colour pairs."""
+"""A contact sheet of shard tiles, so a person sees what `make data` made: gray | colour pairs
+(gray tiles alone for gray-only shards)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def contact_sheet(shards_dir: str | Path, path: str | Path, count: int = 16, sca
     tiles = dataset.load(shards_dir, "train", batch_size=scan, training=False)
     batch = next(iter(tiles))
     pick = np.linspace(0, len(batch["gray"]) - 1, min(count, len(batch["gray"]))).round().astype(int)
-    gray, ab = tf.gather(batch["gray"], pick), tf.gather(batch["color"], pick)
-    gray_rgb = color.model_to_rgb(gray, tf.zeros_like(ab)).numpy()
-    save_png(pairs_grid([gray_rgb, color.model_to_rgb(gray, ab).numpy()]), path)
+    gray = tf.gather(batch["gray"], pick)
+    gray_rgb = color.model_to_rgb(gray, tf.zeros_like(tf.concat([gray, gray], -1))).numpy()
+    if "color" not in batch:  # gray-only shards (DOMAIN=gray): the gray tiles alone
+        save_png(pairs_grid([gray_rgb]), path)
+        return
+    save_png(pairs_grid([gray_rgb, color.model_to_rgb(gray, tf.gather(batch["color"], pick)).numpy()]), path)

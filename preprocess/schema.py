@@ -1,11 +1,18 @@
 """The TFRecord schema of a shard: the one module both the writer and the reader import.
 
 One `tf.train.Example` per tile:
-    rgb        bytes   raw uint8 RGB, row-major [height, width, 3]
+    rgb        bytes   raw uint8 RGB, row-major [height, width, 3]   (colour shards)
+    gray       bytes   raw uint8 gray, row-major [height, width]     (gray-only shards, DOMAIN=gray)
     height     int64
     width      int64
     source_id  bytes   which photo the tile came from (a path, a dataset index, ...)
     label      int64   class index, or NO_LABEL (-1) when the source has none
+A shard folder holds one kind (its manifest's options say which `domain`), so the reader
+knows which key to parse. A gray value v is the sRGB level of the neutral gray (v, v, v)
+with the photo's lightness: for a gray photo its own pixels, for a colour photo given to
+the gray domain round(255 * sRGB(Y)) of its luminance Y (`color.gray_levels`), whose CIE L is
+the photo's L within 8-bit rounding. One byte a pixel, as a gray scan is; the reader
+turns v into L with the same conversion as colour tiles (gray shards hold no a and b).
 
 Why raw RGB and not Lab or PNG: raw uint8 RGB is the exact source pixels in 3 bytes per
 pixel, and `tf.io.decode_raw` costs next to nothing. Lab would need float16 (6 bytes per
@@ -23,8 +30,12 @@ import tensorflow as tf
 SCHEMA_VERSION = 1
 NO_LABEL = -1
 
+DOMAINS = ("color", "gray")  # what a shard folder holds: colour tiles, or gray-only tiles
+
 FEATURES = {
-    "rgb": tf.io.FixedLenFeature([], tf.string),
+    # a record carries one of the two; shards from before gray-only ones all carry rgb
+    "rgb": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "gray": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "height": tf.io.FixedLenFeature([], tf.int64),
     "width": tf.io.FixedLenFeature([], tf.int64),
     "source_id": tf.io.FixedLenFeature([], tf.string),
@@ -32,12 +43,12 @@ FEATURES = {
 }
 
 
-def encode(rgb: np.ndarray, source_id: str, label: int = NO_LABEL) -> bytes:
-    """One uint8 tile [H, W, 3] -> a serialized `tf.train.Example`."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    height, width, channels = rgb.shape
-    if channels != 3:
-        raise ValueError(f"expected an RGB tile [H, W, 3], got shape {rgb.shape}")
+def encode(pixels: np.ndarray, source_id: str, label: int = NO_LABEL) -> bytes:
+    """One uint8 tile, RGB [H, W, 3] or gray [H, W, 1], -> a serialized `tf.train.Example`."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an RGB tile [H, W, 3] or a gray one [H, W, 1], got shape {pixels.shape}")
+    height, width, channels = pixels.shape
 
     def int64(value: int) -> tf.train.Feature:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
@@ -46,7 +57,7 @@ def encode(rgb: np.ndarray, source_id: str, label: int = NO_LABEL) -> bytes:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
     feature = {
-        "rgb": data(rgb.tobytes()),
+        "rgb" if channels == 3 else "gray": data(pixels.tobytes()),
         "height": int64(height),
         "width": int64(width),
         "source_id": data(source_id.encode("utf-8")),
@@ -57,12 +68,14 @@ def encode(rgb: np.ndarray, source_id: str, label: int = NO_LABEL) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """A serialized example (scalar string tensor) -> {"rgb": uint8 [H, W, 3], "source_id", "label"}."""
+def parse(serialized: tf.Tensor, domain: str = "color") -> dict[str, tf.Tensor]:
+    """A serialized example (scalar string tensor) of a shard folder of `domain` ->
+    {"rgb": uint8 [H, W, 3]} ("color") or {"gray": uint8 [H, W, 1]} ("gray"), with "source_id" and "label"."""
     example = tf.io.parse_single_example(serialized, FEATURES)
-    shape = tf.stack([example["height"], example["width"], 3])
-    rgb = tf.reshape(tf.io.decode_raw(example["rgb"], tf.uint8), shape)
-    return {"rgb": rgb, "source_id": example["source_id"], "label": example["label"]}
+    key, channels = ("gray", 1) if domain == "gray" else ("rgb", 3)
+    shape = tf.stack([example["height"], example["width"], channels])
+    pixels = tf.reshape(tf.io.decode_raw(example[key], tf.uint8), shape)
+    return {key: pixels, "source_id": example["source_id"], "label": example["label"]}
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -61,6 +61,9 @@ class Options:
     images_per_shard: int = 0  # 0: chosen from size and mode for shards of about 32 MiB
     compression: str | None = None  # None or "GZIP"
     seed: int = 0
+    # "gray": gray-only tiles (schema.py) for cyclegan's GRAY_DATA: gray photos are wanted, not
+    # skipped, and colour ones are stored as their lightness; no colour truth is kept
+    domain: str = "color"
 
     def __post_init__(self) -> None:
         if self.mode not in tiles.MODES:
@@ -75,12 +78,15 @@ class Options:
             raise ValueError(f"crops {self.crops} must be at least 1")
         if self.compression not in (None, "GZIP"):
             raise ValueError(f"compression {self.compression!r} must be none or gzip")
+        if self.domain not in schema.DOMAINS:
+            raise ValueError(f"domain {self.domain!r} is not one of {', '.join(schema.DOMAINS)}")
 
     def chunk_images(self) -> int:
         if self.images_per_shard:
             return self.images_per_shard
         per_image = {"random": self.crops, "tile": TILE_MODE_TILES_PER_IMAGE}.get(self.mode, 1)
-        return max(16, TARGET_SHARD_BYTES // (self.size * self.size * 3 * per_image))
+        channels = 1 if self.domain == "gray" else 3
+        return max(16, TARGET_SHARD_BYTES // (self.size * self.size * channels * per_image))
 
 
 def split_of(source_id: str, group: str, val_fraction: float) -> str:
@@ -89,6 +95,15 @@ def split_of(source_id: str, group: str, val_fraction: float) -> str:
         return group
     fraction = int.from_bytes(hashlib.sha1(source_id.encode()).digest()[:8], "big") / 2**64
     return "val" if fraction < val_fraction else "train"
+
+
+def _gray_photo(rgb: np.ndarray, rows: int = 256) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> uint8 [H, W, 3] with three equal channels (color.gray_levels),
+    a band of rows at a time: float64 of a whole 24 MP photo would be half a gigabyte."""
+    if (rgb[..., :1] == rgb[..., 1:]).all():  # a gray photo already: nothing to convert
+        return rgb
+    gray = np.concatenate([color.gray_levels(rgb[top : top + rows]) for top in range(0, len(rgb), rows)])
+    return np.repeat(gray, 3, axis=-1)
 
 
 def _preview(rgb: np.ndarray, side: int = 256) -> np.ndarray:
@@ -136,9 +151,10 @@ class PhotoTiles:
     source_id: str
     label: int
     split: str | None  # None when the photo is skipped
-    tiles: tuple[np.ndarray, ...] = ()  # kept uint8 tiles [size, size, 3], in tiling order
+    tiles: tuple[np.ndarray, ...] = ()  # kept uint8 tiles [size, size, 3] (DOMAIN=gray: [.., 1]), in tiling order
     skipped_file: dict | None = None  # {"source", "reason"} when the whole photo is skipped
     skipped_tiles: tuple[dict, ...] = ()  # {"source", "tile", "reason"} of its flat tiles
+    converted_to_gray: str | None = None  # DOMAIN=gray: the origin of a colour photo stored as its lightness
 
     def examples(self) -> list[bytes]:
         """The kept tiles as serialized records of `schema`."""
@@ -146,20 +162,26 @@ class PhotoTiles:
 
 
 def photo_tiles(record: sources.Record, group: str, options: Options) -> PhotoTiles:
-    """One photo read by `sources.read` -> its split and kept tiles, or the reason it is skipped."""
+    """One photo read by `sources.read` -> its split and kept tiles, or the reason it is skipped.
+
+    DOMAIN=gray keeps gray photos (colour ones become their lightness) and gray tiles [S, S, 1];
+    colour tiles are only kept from photos at least `min_colorfulness` colourful."""
 
     def skipped(reason: str, flat: tuple[dict, ...] = ()) -> PhotoTiles:
         return PhotoTiles(record.source_id, record.label, None, (), {"source": record.origin, "reason": reason}, flat)
 
     if record.error is not None:
         return skipped(record.error)
+    gray = options.domain == "gray"
     score = color.colorfulness(_preview(record.rgb))
-    if score < options.min_colorfulness:
+    if not gray and score < options.min_colorfulness:
         reason = f"near-gray photo: colourfulness {score:.1f} < {options.min_colorfulness}: no colour truth"
         return skipped(reason)
+    converted = record.origin if gray and score >= options.min_colorfulness else None
     split = split_of(record.source_id, group, options.val_fraction)
     rng = np.random.default_rng([options.seed, int(hashlib.sha1(record.source_id.encode()).hexdigest()[:8], 16)])
-    candidates = tiles.make_tiles(record.rgb, options.size, options.mode, rng, options.crops, options.overlap)
+    rgb = _gray_photo(record.rgb) if gray else record.rgb
+    candidates = tiles.make_tiles(rgb, options.size, options.mode, rng, options.crops, options.overlap)
     kept, flat = [], []
     for number, tile in enumerate(candidates):
         structure = tiles.luma_std(tile)
@@ -167,11 +189,12 @@ def photo_tiles(record: sources.Record, group: str, options: Options) -> PhotoTi
             reason = f"flat tile: luma std {structure:.2f} < {options.min_tile_std}"
             flat.append({"source": record.origin, "tile": number, "reason": reason})
         else:
-            kept.append(tile)
+            kept.append(tile[..., :1] if gray else tile)
     if not kept:
         reason = f"no tile with structure: all {len(candidates)} tiles are flat"
         return skipped(reason, tuple(flat))
-    return PhotoTiles(record.source_id, record.label, split, tuple(kept), skipped_tiles=tuple(flat))
+    return PhotoTiles(record.source_id, record.label, split, tuple(kept), skipped_tiles=tuple(flat),
+                      converted_to_gray=converted)  # fmt: skip
 
 
 def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
@@ -187,19 +210,24 @@ def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
         "tiles": dict.fromkeys(splits, 0),
         "skipped_files": [],
         "skipped_tiles": [],
+        "converted_to_gray": [],
     }
+    gray = options.domain == "gray"
     histograms = _Histograms(splits)
     try:
         writers = {split: tf.io.TFRecordWriter(str(path), tf_options) for split, path in temporary.items()}
-        for record in sources.read(chunk, options.max_pixels):
+        for record in sources.read(chunk, options.max_pixels, gray=gray):
             photo = photo_tiles(record, chunk.group, options)
             part["skipped_tiles"] += photo.skipped_tiles
             if photo.skipped_file is not None:
                 part["skipped_files"].append(photo.skipped_file)
                 continue
+            if photo.converted_to_gray:
+                part["converted_to_gray"].append(photo.converted_to_gray)
             for tile, example in zip(photo.tiles, photo.examples()):
                 writers[photo.split].write(example)
-                histograms.add(photo.split, tile)
+                if not gray:  # gray tiles have no colour to count
+                    histograms.add(photo.split, tile)
             part["images"][photo.split] += 1
             part["tiles"][photo.split] += len(photo.tiles)
         for writer in writers.values():
@@ -236,6 +264,14 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / PARTS, ignore_errors=True)
 
 
+def _with_defaults(saved: dict | None) -> dict | None:
+    """Saved options with the defaults of options added since (`domain`): shards made before
+    an option existed were made as its default makes them."""
+    if saved is None:
+        return None
+    return {**{field.name: field.default for field in dataclasses.fields(Options)}, **saved}
+
+
 def _prepare_out(out: Path, options: Options, overwrite: bool) -> dict | None:
     """Returns the existing manifest when OUT is already complete for these options."""
     settings = dataclasses.asdict(options)
@@ -243,11 +279,11 @@ def _prepare_out(out: Path, options: Options, overwrite: bool) -> dict | None:
         _clear(out)
     elif (out / MANIFEST).exists():
         manifest = json.loads((out / MANIFEST).read_text())
-        if manifest.get("options") == settings:
+        if _with_defaults(manifest.get("options")) == settings:
             return manifest
         raise WriteError(f"{out} already holds shards made with other options; add --overwrite to replace them")
     elif (out / PARTS / "plan.json").exists():
-        if json.loads((out / PARTS / "plan.json").read_text()) != settings:
+        if _with_defaults(json.loads((out / PARTS / "plan.json").read_text())) != settings:
             raise WriteError(
                 f"{out} holds an unfinished run with other options; re-run with those options to "
                 "finish it, or add --overwrite to start again"
@@ -324,6 +360,7 @@ def _manifest(options: Options, plan: sources.Plan, out: Path) -> dict:
             info["images"] += part["images"][split]
             if split == "train":
                 histogram += np.asarray(part["histogram"][split], np.int64)
+    converted = [origin for part in parts for origin in part.get("converted_to_gray", [])]
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -333,10 +370,27 @@ def _manifest(options: Options, plan: sources.Plan, out: Path) -> dict:
         "splits": splits,
         "skipped_files": plan.skipped + [skip for part in parts for skip in part["skipped_files"]],
         "skipped_tiles": [skip for part in parts for skip in part["skipped_tiles"]],
+        **domain_fields(options, converted, histogram),
+    }
+
+
+def domain_fields(options: Options, converted_to_gray: list[str], train_ab_counts: np.ndarray) -> dict:
+    """The manifest's colour facts: the train split's ab prior for colour tiles; for gray-only
+    ones (DOMAIN=gray) none, and which colour photos were stored as their lightness."""
+    if options.domain == "gray":
+        return {
+            "ab_prior": None,
+            "converted_to_gray": {
+                "about": f"colour photos (colourfulness >= {options.min_colorfulness}) given to DOMAIN=gray, stored as "
+                         "their lightness (the gray of the same CIE L); their colour is not kept",
+                "photos": converted_to_gray,
+            },
+        }  # fmt: skip
+    return {
         "ab_prior": {
             "about": "pixel counts of the train split over the in-gamut ab bins (Lab units, grid 10)",
             "bins": color.ab_bins().tolist(),
-            "counts": histogram.tolist(),
+            "counts": train_ab_counts.tolist(),
         },
     }
 
@@ -345,8 +399,9 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
     """The closing lines a person reads: what was written and what was skipped, and why."""
     splits = manifest["splits"]
     tiles_total = sum(info["tiles"] for info in splits.values())
+    gray = manifest["options"].get("domain") == "gray"
     lines = [
-        f"wrote {tiles_total:,} tiles of {manifest['options']['size']} px from "
+        f"wrote {tiles_total:,} {'gray-only ' if gray else ''}tiles of {manifest['options']['size']} px from "
         f"{sum(info['images'] for info in splits.values()):,} photos into {out} in {seconds:.1f} s"
     ]
     for split, info in splits.items():
@@ -357,4 +412,8 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
         lines.append(f"skipped {sum(kinds.values())} files: {detail} (reasons in manifest.json)")
     if manifest["skipped_tiles"]:
         lines.append(f"skipped {len(manifest['skipped_tiles']):,} flat tiles")
+    converted = (manifest.get("converted_to_gray") or {}).get("photos")
+    if converted:
+        lines.append(f"{len(converted):,} colour photo{'s' if len(converted) > 1 else ''} among them stored as "
+                     f"lightness, without colour (DOMAIN=gray; listed in manifest.json)")  # fmt: skip
     return "\n".join(lines)

@@ -340,16 +340,17 @@ def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 # Reading (in the workers)
 
 
-def read(chunk: Chunk, max_pixels: int) -> Iterator[Record]:
-    """The photos of one chunk, in a fixed order; unusable ones carry their error."""
+def read(chunk: Chunk, max_pixels: int, gray: bool = False) -> Iterator[Record]:
+    """The photos of one chunk, in a fixed order, as RGB; unusable ones carry their error.
+    `gray`: gray photos are wanted too (DOMAIN=gray), as three equal channels."""
     readers = {"files": _read_files, "cifar_pickle": _read_cifar_pickle, "tfds": _read_tfds}
-    return readers[chunk.reader](chunk.items, max_pixels)
+    return readers[chunk.reader](chunk.items, max_pixels, gray)
 
 
-def _read_files(items: tuple, max_pixels: int) -> Iterator[Record]:
+def _read_files(items: tuple, max_pixels: int, gray: bool) -> Iterator[Record]:
     for source_id, path, label in items:
         try:
-            yield Record(source_id, path, label, rgb=load_rgb(path, max_pixels))
+            yield Record(source_id, path, label, rgb=load_rgb(path, max_pixels, gray=gray))
         except UnusableImage as error:
             yield Record(source_id, path, label, error=error.reason)
 
@@ -366,7 +367,7 @@ def _cifar_batch(path: str) -> dict:
     return _cifar_cache[path]
 
 
-def _read_cifar_pickle(items: tuple, max_pixels: int) -> Iterator[Record]:
+def _read_cifar_pickle(items: tuple, max_pixels: int, gray: bool) -> Iterator[Record]:
     for path, row in items:
         batch = _cifar_batch(path)
         # a row is 3072 bytes: the 32x32 red plane, then green, then blue
@@ -375,7 +376,7 @@ def _read_cifar_pickle(items: tuple, max_pixels: int) -> Iterator[Record]:
         yield Record(f"{Path(path).name}/{filename}", f"{path}[{row}]", int(batch[b"labels"][row]), rgb=rgb)
 
 
-def _read_tfds(items: tuple, max_pixels: int) -> Iterator[Record]:
+def _read_tfds(items: tuple, max_pixels: int, gray: bool) -> Iterator[Record]:
     import tensorflow_datasets as tfds
 
     ((name, split, start, stop, data_dir),) = items
@@ -386,6 +387,8 @@ def _read_tfds(items: tuple, max_pixels: int) -> Iterator[Record]:
         source_id = f"{name}/{split}/{index}"
         label = int(example["label"]) if "label" in example else NO_LABEL
         rgb = example[image_key]
+        if gray and rgb.ndim == 3 and rgb.shape[-1] == 1:
+            rgb = np.repeat(rgb, 3, axis=-1)
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
             yield Record(source_id, source_id, label, error="grayscale image: no colour truth")
         elif rgb.shape[0] * rgb.shape[1] > max_pixels:

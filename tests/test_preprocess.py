@@ -367,8 +367,8 @@ def test_an_interrupted_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp
         if len(calls) == 3:
             real_read = sources.read
 
-            def read_then_die(chunk, max_pixels):
-                yield next(real_read(chunk, max_pixels))
+            def read_then_die(chunk, max_pixels, **options):
+                yield next(real_read(chunk, max_pixels, **options))
                 raise KeyboardInterrupt  # as if killed midway through a shard
 
             monkeypatch.setattr(sources, "read", read_then_die)
@@ -464,3 +464,79 @@ def test_contact_sheet_shows_gray_and_colour_pairs(tmp_path):
     gray_half, colour_half = sheet[4:100, 4:100].astype(int), sheet[4:100, 100:196].astype(int)
     assert np.abs(gray_half[..., 0] - gray_half[..., 2]).max() <= 1
     assert np.abs(colour_half[..., 0] - colour_half[..., 2]).mean() > 10
+
+
+def test_gray_domain_keeps_gray_photos_and_stores_the_lightness_of_colour_ones(tmp_path):
+    root = tmp_path / "scans"
+    root.mkdir()
+    scan = photo(32, 32, seed=1)[..., 1]  # a gray scan: one channel
+    Image.fromarray(scan).save(root / "a_scan.png")
+    near_gray = np.repeat(photo(32, 32, seed=2)[..., :1], 3, axis=-1).astype(np.int16)
+    near_gray[..., 2] += 4  # a faint tint, as an aged print has: below --min-colorfulness
+    near_gray = np.clip(near_gray, 0, 255).astype(np.uint8)
+    assert 0 < color.colorfulness(near_gray) < 5
+    Image.fromarray(near_gray).save(root / "b_sepia.png")
+    colour = photo(32, 32, seed=3)
+    Image.fromarray(colour).save(root / "c_colour.png")
+
+    manifest, log = make(tmp_path / "out", source=f"folder:{root}", size=32, val_fraction=0.0, domain="gray")
+    assert manifest["options"]["domain"] == "gray"
+    assert manifest["skipped_files"] == []  # gray and near-gray photos are what this domain is for
+    assert manifest["splits"]["train"]["images"] == 3 and manifest["splits"]["train"]["tiles"] == 3
+    assert manifest["ab_prior"] is None
+    assert manifest["converted_to_gray"]["photos"] == [str(root / "c_colour.png")]
+    assert "wrote 3 gray-only tiles" in log and "1 colour photo among them stored as lightness" in log
+
+    shards_handle = dataset.Shards(tmp_path / "out")
+    assert shards_handle.domain == "gray"
+    records = {r["source_id"].numpy().decode(): r["gray"].numpy() for r in shards_handle.records("train")}
+    assert set(records) == {"a_scan.png", "b_sepia.png", "c_colour.png"}
+    assert all(levels.shape == (32, 32, 1) and levels.dtype == np.uint8 for levels in records.values())
+    np.testing.assert_array_equal(records["a_scan.png"][..., 0], scan)  # a scan's own pixels, one byte each
+
+    # the reader's "gray" is L / 50 - 1, as colour shards give it: exactly for a gray photo,
+    # within 8-bit rounding (0.4 L at most) for a colour photo given to the gray domain
+    batch = next(iter(shards_handle.batches("train", 3, training=False)))
+    assert set(batch) == {"gray", "label"}
+    gray = dict(zip(records, batch["gray"].numpy()))
+    expected = {name: color.rgb_to_model(rgb)[0].numpy() for name, rgb in
+                [("a_scan.png", np.repeat(scan[..., None], 3, -1)), ("c_colour.png", colour)]}  # fmt: skip
+    np.testing.assert_array_equal(gray["a_scan.png"], expected["a_scan.png"])
+    assert np.abs(gray["c_colour.png"] - expected["c_colour.png"]).max() * 50 < 0.4
+    sepia_lightness = color.rgb_to_model(near_gray)[0].numpy()
+    assert np.abs(gray["b_sepia.png"] - sepia_lightness).max() * 50 < 0.4
+
+
+def test_gray_domain_from_the_command_line_trains_on_every_photo_and_has_a_contact_sheet(tmp_path):
+    from preprocess.__main__ import main
+
+    root = photo_folder(tmp_path / "photos", 4, size=(32, 32))
+    out, sheet = tmp_path / "out", tmp_path / "sheet.png"
+    args = [f"--source=folder:{root}", "--size=32", f"--out={out}", "--workers=1", f"--contact-sheet={sheet}"]
+    assert main([*args, "--domain=gray"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    # no colour truth to validate against: by default every gray photo trains
+    assert manifest["options"]["val_fraction"] == 0.0 and manifest["splits"]["train"]["tiles"] == 4
+    assert np.asarray(Image.open(sheet)).shape == (96 + 8, 4 * (96 + 8), 3)  # gray tiles alone
+    # shards of other options are not silently reused: colour ones need --overwrite
+    assert main([*args, "--domain=color"]) == 2
+
+
+def test_colour_truth_is_refused_from_gray_only_shards_with_the_folder_named(tmp_path):
+    root = photo_folder(tmp_path / "photos", 2, size=(32, 32))
+    make(tmp_path / "out", source=f"folder:{root}", size=32, val_fraction=0.0, domain="gray")
+    handle = dataset.Shards(tmp_path / "out")
+    with pytest.raises(dataset.GrayOnly, match=f"{tmp_path / 'out'} has only gray photos \\(DOMAIN=gray\\); scores"):
+        handle.require_color("scores need colour")
+    with pytest.raises(dataset.GrayOnly, match="only gray photos"):
+        handle.unpaired_batches("train", 1)
+    dataset.Shards(tmp_path / "out").split("train")  # reading them is fine
+    # shards made before DOMAIN existed are colour shards, and re-running make data on them is a no-op
+    colour = tmp_path / "colour"
+    make(colour, source=f"folder:{root}", size=32)
+    manifest = json.loads((colour / "manifest.json").read_text())
+    del manifest["options"]["domain"]
+    (colour / "manifest.json").write_text(json.dumps(manifest))
+    assert dataset.Shards(colour).domain == "color"
+    _, log = make(colour, source=f"folder:{root}", size=32)
+    assert "already complete" in log

@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 
 import models
 from models.config import ConfigError, check, field_types, from_dict, override
-from preprocess.dataset import Shards
+from preprocess.dataset import GrayOnly, Shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,7 @@ class TrainConfig:
 
     data: str = ""  # shard folder from `make data`
     run: str = ""  # run folder: config.json, checkpoints, logs, samples
+    gray_data: str = ""  # unpaired models: gray-only shards (`make data DOMAIN=gray`), the gray domain
     steps: int = 0  # total steps of the run; 0: epochs * steps per epoch
     epochs: int = 20  # used when steps is 0
     batch_size: int = 16  # global: split across replicas
@@ -54,6 +55,8 @@ class TrainConfig:
     # auto: mixed_bfloat16 on a CPU with bf16 units and no GPU (see default_precision), else float32
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # multi_worker reads TF_CONFIG
+    # several replicas: BatchNorm statistics over the global batch, as one replica would compute them
+    sync_batch_norm: bool = True
 
     def __post_init__(self) -> None:
         positive = ["epochs", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every",
@@ -104,6 +107,7 @@ class Settings(NamedTuple):
     resumed: bool  # RUN already had a config.json
     shards: Shards  # the training data, opened once
     steps_per_epoch: int
+    gray_shards: Shards | None = None  # --gray_data, opened once; None: the gray photos come from --data
 
 
 SPECIAL_KEYS = ("model", "preset")
@@ -128,6 +132,10 @@ def open_data(train: TrainConfig) -> tuple[Shards, int]:
         shards = Shards(train.data)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--data={train.data}: {error}") from None
+    try:
+        shards.require_color(f"train MODEL=cyclegan with GRAY_DATA={train.data} and colour shards as DATA")
+    except GrayOnly as error:
+        raise ConfigError(str(error)) from None
     for split in ("train", "val"):
         if not shards.splits.get(split) or not shards.splits[split].files:
             raise ConfigError(f"--data={train.data}: no {split} split; training needs train and val shards")
@@ -137,6 +145,28 @@ def open_data(train: TrainConfig) -> tuple[Shards, int]:
     if tiles < train.batch_size:
         raise ConfigError(f"--batch_size={train.batch_size} is more than the {tiles} training tiles")
     return shards, tiles // train.batch_size
+
+
+def open_gray_data(train: TrainConfig, tile_size: int) -> Shards | None:
+    """--gray_data's shards, checked to give training batches of the size DATA's (`tile_size`) give."""
+    if not train.gray_data:
+        return None
+    try:
+        gray = Shards(train.gray_data)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"--gray_data={train.gray_data}: {error}") from None
+    info = gray.splits.get("train")
+    if not info or not info.files or info.tiles < train.batch_size:
+        tiles = info.tiles if info else 0
+        raise ConfigError(f"--gray_data={train.gray_data}: {tiles} training tiles, fewer than "
+                          f"--batch_size={train.batch_size}")  # fmt: skip
+    if train.crop_size > gray.tile_size:
+        raise ConfigError(f"--crop_size={train.crop_size} is larger than the {gray.tile_size} px tiles of "
+                          f"{train.gray_data}")  # fmt: skip
+    if not train.crop_size and gray.tile_size != tile_size:
+        raise ConfigError(f"--gray_data={train.gray_data} has {gray.tile_size} px tiles and --data={train.data} "
+                          f"{tile_size} px ones: make both at one SIZE, or crop both with --crop_size")  # fmt: skip
+    return gray
 
 
 def _check_bare_flags(values: dict[str, str | bool], types: dict[str, Any]) -> None:
@@ -185,6 +215,11 @@ def resolve(argv: list[str]) -> Settings:
                           f"state to the optimizers, so it cannot be switched on or off in a resumed run")  # fmt: skip
     shards, per_epoch = open_data(train)
     image_size = models.image_size(train.crop_size, shards.tile_size)
+    unpaired_models = [model for model, known in models.MODELS.items() if "unpaired" in field_types(known.config)]
+    if train.gray_data and "unpaired" not in model_types:
+        raise ConfigError(f"--gray_data is for unpaired training (--model={'|'.join(unpaired_models)}); "
+                          f"--model={name} learns from colour photos and their own gray")  # fmt: skip
+    gray_shards = open_gray_data(train, shards.tile_size)
 
     preset_size = _preset_size(preset, entry, image_size, resumed)
     base_model = saved.model_config if saved else entry.config()
@@ -205,7 +240,10 @@ def resolve(argv: list[str]) -> Settings:
             f"--model={name} needs image sides divisible by {model_config.stride}; the training images are "
             f"{image_size} px: pick another --preset, --depth or --crop_size"
         )
-    return Settings(name, model_config, train, preset_size, resumed, shards, per_epoch)
+    if gray_shards and model_config.unpaired:
+        raise ConfigError(f"--gray_data and --unpaired both choose the gray photos (those of {train.gray_data}, or "
+                          f"half of {train.data}'s): use one")  # fmt: skip
+    return Settings(name, model_config, train, preset_size, resumed, shards, per_epoch, gray_shards)
 
 
 def _preset_size(preset: object, entry: models.Model, image_size: int, resumed: bool) -> int | None:

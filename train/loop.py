@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -240,12 +241,17 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
 
 
 def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distribute.Strategy, start: int,
-                  per_epoch: int, unpaired: bool = False) -> Iterator:  # fmt: skip
+                  per_epoch: int, unpaired: bool = False,
+                  gray_shards: dataset.Shards | None = None) -> Iterator:  # fmt: skip
     """The batches of steps start, start+1, ...: each a function of its step number alone.
 
-    unpaired: gray and colour from disjoint halves of the photos (Shards.unpaired_batches)."""
+    unpaired: gray and colour from disjoint halves of the photos; gray_shards (--gray_data):
+    gray from those, colour from `shards` (Shards.unpaired_batches). An epoch is `shards`'s."""
     step = start
-    read = shards.unpaired_batches if unpaired else shards.batches
+    if gray_shards is not None:
+        read = functools.partial(shards.unpaired_batches, gray_shards=gray_shards)
+    else:
+        read = shards.unpaired_batches if unpaired else shards.batches
     while True:
         epoch, offset = divmod(step, per_epoch)
         batches = read("train", train.batch_size, training=True, crop_size=train.crop_size or None,
@@ -441,7 +447,8 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
         progress.write(f"resuming {run_dir} at step {start} of {total}")
     # a model config field: cyclegan's --unpaired (the models that need pairs have none)
     unpaired = getattr(settings.model_config, "unpaired", False)
-    batches = islice(train_batches(train, shards, strategy, start, per_epoch, unpaired), total - start)
+    batches = islice(train_batches(train, shards, strategy, start, per_epoch, unpaired, settings.gray_shards),
+                     total - start)
     try:
         for step, batch in enumerate(batches, start + 1):
             losses, finite = training.train_step(batch)
