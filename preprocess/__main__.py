@@ -42,11 +42,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--compression", choices=("none", "gzip"), default="none", help="shard compression (default: none)")
     add("--seed", type=int, default=0, help="seed of the random crops")
     add("--workers", type=int, default=0, help="parallel processes (default: one per core)")
+    add("--runner", choices=("local", "beam"), default="local",
+        help="local: processes on this machine; beam: an Apache Beam pipeline (pip install -e '.[beam]')")
+    add("--beam-runner", default="DirectRunner",
+        help="with --runner=beam: DirectRunner (this machine), DataflowRunner, FlinkRunner, SparkRunner")
+    add("--beam-option", action="append", default=[], metavar="--KEY=VALUE",
+        help="with --runner=beam: a Beam pipeline option passed through (repeat it), e.g. --beam-option=--project=P")
     add("--overwrite", action="store_true", help="replace shards already in OUT")
     add("--tfds-dir", default=None, help="TFDS data folder (default: TFDS's own, ~/tensorflow_datasets)")
     add("--contact-sheet", default=None, metavar="PNG", help="also write a PNG of some tiles (gray | colour)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)  # fmt: skip
+
+
+def _beam_module():
+    """preprocess.beam, or a WriteError saying how to install Apache Beam (an optional extra)."""
+    from preprocess import shards
+
+    try:
+        from preprocess import beam
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "apache_beam":
+            raise shards.WriteError("--runner=beam needs Apache Beam: pip install -e '.[beam]'") from None
+        raise
+    return beam
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make data: {error}", file=sys.stderr)
         return 2
     try:
-        shards.write(options, args.out, workers=args.workers, overwrite=args.overwrite, tfds_dir=args.tfds_dir)
+        if args.runner == "beam":
+            _beam_module().write(options, args.out, args.beam_runner, args.beam_option, workers=args.workers,
+                                 overwrite=args.overwrite, tfds_dir=args.tfds_dir, verbose=args.verbose)  # fmt: skip
+        else:
+            shards.write(options, args.out, workers=args.workers, overwrite=args.overwrite, tfds_dir=args.tfds_dir)
     except (sources.SourceError, shards.WriteError) as error:
         print(f"make data: {error}", file=sys.stderr)
         return 2

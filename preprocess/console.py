@@ -15,10 +15,11 @@ Errors that matter still reach the user as Python exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def quiet_tensorflow(argv: Sequence[str] = ()) -> None:
@@ -26,18 +27,28 @@ def quiet_tensorflow(argv: Sequence[str] = ()) -> None:
     if "--verbose" in argv or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with holding_stderr():
+        import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")  # the Python side: deprecation and retracing warnings
+
+
+@contextlib.contextmanager
+def holding_stderr() -> Iterator[None]:
+    """The process's stderr (file descriptor 2, so C++ libraries and child processes too) goes
+    to a file for the block, and is replayed only if the block raises."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
-            import tensorflow as tf
+            yield
         except BaseException:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             held.seek(0)
             sys.stderr.write(held.read().decode(errors="replace"))
             raise
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-    tf.get_logger().setLevel("ERROR")  # the Python side: deprecation and retracing warnings
