@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from tensorflow.python.framework import config as tf_config
 
 import models
+from evaluate import hints as hints_eval
+from evaluate.metrics import psnr
 from models import guided, hints
 from models.guided import GuidedConfig
 from preprocess import color
+from preprocess.dataset import Shards
+from tests.helpers import make_run
 from train import loop, steps
 from train.__main__ import main
+from train.config import TrainConfig
 
 
 def _color(size: int = 2, side: int = 16, seed: int = 0) -> tf.Tensor:
@@ -206,3 +214,53 @@ def test_a_resumed_run_equals_one_that_never_stopped(tiny_shards, tmp_path):
     for key in reference:
         np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
     assert (stopped / "samples" / "step-00000004.png").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate.hints: PSNR against the number of hints
+
+
+def test_same_class_partners_are_other_photos_of_the_class():
+    labels = np.array([0, 1, 0, 2, 1, 0, -1])
+    partners = hints_eval.same_class_partners(labels, np.array([0, 1, 3, 6]))
+    assert partners[0] in (2, 5) and partners[1] == 4
+    assert partners[2] == -1 and partners[3] == -1  # alone in its class; no label
+
+
+def test_the_hint_curve_scores_the_photos_make_evaluate_scores(tiny_shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    generator = models.build("guided", GuidedConfig(**TINY))["generator"]
+    models.write_run_config(run, "guided", GuidedConfig(**TINY), TrainConfig(data=str(tiny_shards)), {"tile_size": 32})
+    tf.train.Checkpoint(generator=generator).save(str(run / models.CHECKPOINT_DIR / "ckpt"))
+
+    shards = Shards(tiny_shards)
+    expected_ids = sorted(record["source_id"].numpy().decode() for record in shards.records("val", 5))
+    ids, rgb, _ = hints_eval.split_photos(shards, "val")
+    chosen = hints_eval.evaluated_indices(len(ids), 5)
+    assert sorted(ids[i] for i in chosen) == expected_ids
+
+    assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}", "--split=val", "--limit=5", "--points=0,2,30",
+                            f"--out={tmp_path / 'reports'}", "--name=t", f"--plot={tmp_path / 'docs' / 'h.png'}",
+                            "--reference=automatic=20.5"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "reports" / "t" / "hints.json").read_text())
+    assert results["photos"] == 5 and results["points"] == [0, 2, 30] and results["patch"] == 1
+    assert set(results["psnr"]) == {"none", "own"}  # the tiny shards have no labels: no same-class reference
+    assert all(set(curve) == {"0", "2", "30"} for curve in results["psnr"].values())
+    # no hints at all is the automatic colorization, scored as make evaluate scores it
+    truth = rgb[chosen]
+    gray, _ = color.rgb_to_model(truth)
+    automatic = color.model_to_rgb(gray, generator(gray)).numpy()
+    assert results["psnr"]["none"]["0"] == pytest.approx(np.mean([psnr(t, o) for t, o in zip(truth, automatic)]), abs=1e-4)
+    gray_rgb = color.model_to_rgb(gray, tf.zeros_like(gray[..., :1]) * tf.zeros([1, 1, 1, 2])).numpy()
+    assert results["gray_psnr"] == pytest.approx(np.mean([psnr(t, g) for t, g in zip(truth, gray_rgb)]), abs=1e-6)
+    for path in (tmp_path / "reports" / "t" / "hints.png", tmp_path / "docs" / "h.png"):
+        assert Image.open(path).format == "PNG"
+    assert "none" in capsys.readouterr().out
+
+
+def test_the_hint_curve_refuses_runs_of_other_models_and_bad_settings(tiny_shards, tmp_path, capsys):
+    run = make_run(tmp_path / "run")  # a regression run
+    assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}"]) == 2
+    assert "MODEL=regression" in capsys.readouterr().err
+    assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}", "--points=1,x"]) == 2
+    assert "--points=1,x" in capsys.readouterr().err

@@ -1,0 +1,252 @@
+"""`python -m evaluate.hints`: PSNR of a guided run as a function of the number of local hints.
+
+    python -m evaluate.hints --run=runs/guided-tiny64 --data=data/tiny64 --split=val --limit=1000 \\
+        --reference="zhang (pretrained)=23.82" --plot=docs/guided-hints-tiny64.png
+
+As Zhang, Zhu, Isola, Geng, Lin, Yu and Efros (2017) measure their model (their Fig. 4):
+the photos' true colour is revealed at N points (0, 1, 2, 5, 10, 20, 50, 100 by default)
+and the mean per-image PSNR of the RGB result is plotted against N. Points are single
+pixels by default (--patch=P: squares of P x P pixels set to the truth's mean colour
+there), at positions drawn as in training (a Gaussian around the centre with a quarter of
+the side as deviation; models.hints.sample_local_hints), from one stateless seed per
+photo, so that the N points of one count are the first N of every larger count. Three
+global hints per count:
+    none        no global hint (the given flag 0): local hints alone
+    own         the photo's own ab histogram and saturation: an upper bound for a reference
+    same_class  the global hint of another photo of the same class in the split (from its
+                labels, chosen with a fixed seed): what a well-chosen reference gives
+The model sees each tile at its own size (sides must be multiples of the run's stride: 64
+px Tiny ImageNet and 32 px CIFAR-10 tiles are), with the photo's own L kept, as `make
+evaluate` does for photos not larger than the working size, so "none" at 0 points is the
+automatic colorization that `make evaluate` scores. The gray input (a = b = 0) is scored
+on the same photos as the reference every figure is compared with.
+
+Writes OUT/hints.json (settings, the gray input's PSNR, the mean PSNR per global hint and
+count) and OUT/hints.png (the curves, with the gray input and any --reference lines),
+both through temporary names. Exit codes: 0 done, 2 bad settings or data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+from preprocess.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow(sys.argv)  # before anything imports TensorFlow
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import models  # noqa: E402
+from evaluate import metrics  # noqa: E402
+from models import hints  # noqa: E402
+from models.config import ConfigError  # noqa: E402
+from preprocess import atomic, color, dataset, schema  # noqa: E402
+
+GLOBAL_HINTS = ("none", "own", "same_class")
+DEFAULT_POINTS = (0, 1, 2, 5, 10, 20, 50, 100)
+
+
+def split_photos(shards: dataset.Shards, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every tile of a split: (source ids, uint8 RGB [N, S, S, 3], labels [N] int, -1 where none)."""
+    ids, rgb, labels = [], [], []
+    for record in shards.records(split):
+        ids.append(record["source_id"].numpy().decode())
+        rgb.append(record["rgb"].numpy())
+        labels.append(int(record["label"]))
+    if not rgb:
+        raise ValueError(f"{shards.folder}: split {split!r} has no tiles")
+    return ids, np.stack(rgb), np.array(labels)
+
+
+def evaluated_indices(count: int, limit: int) -> np.ndarray:
+    """The photos `make evaluate --limit` scores, as indices into the split in shard order: `limit`
+    spread evenly over it (Shards.records), so that both commands score the same photos."""
+    if not limit or limit >= count:
+        return np.arange(count)
+    return np.arange(0, count, max(1, count // limit))[:limit]
+
+
+def same_class_partners(labels: np.ndarray, chosen: np.ndarray, seed: int = 0) -> np.ndarray:
+    """For each chosen photo, the index of another photo of its class (labels [N] over the whole
+    split), drawn with `seed`; -1 where the photo has no label or is alone in its class."""
+    rng = np.random.default_rng(seed)
+    partners = np.full(len(chosen), -1)
+    for k, index in enumerate(chosen):
+        if labels[index] == schema.NO_LABEL:
+            continue
+        others = np.flatnonzero((labels == labels[index]) & (np.arange(len(labels)) != index))
+        if len(others):
+            partners[k] = rng.choice(others)
+    return partners
+
+
+def psnr_by_points(generator, rgb: np.ndarray, global_hints: dict[str, np.ndarray | None], points: list[int],
+                   patch: int, batch_size: int = 50, seed: int = 0) -> dict[str, dict[int, list[float]]]:  # fmt: skip
+    """Per-image PSNRs {global hint name: {N: [PSNR per photo]}} of uint8 RGB photos [M, S, S, 3].
+
+    global_hints: name -> [M, G] global hints, or None for none.
+    """
+    most = max(points)
+
+    @tf.function(reduce_retracing=True)
+    def colorize(gray, real_color, global_hint, n, seeds):
+        local = tf.map_fn(lambda args: hints.sample_local_hints(args[0][None], args[1], points=n, patch_sizes=(patch,),
+                                                                max_points=most)[0],  # fmt: skip
+                          (real_color, seeds), fn_output_signature=tf.float32)
+        fake_color = generator([gray, local, global_hint], training=False)
+        return color.model_to_rgb(gray, fake_color)
+
+    scores = {name: {n: [] for n in points} for name in global_hints}
+    for start in range(0, len(rgb), batch_size):
+        truth = rgb[start:start + batch_size]
+        gray, real_color = color.rgb_to_model(truth)
+        # one seed per photo (not per batch), so that results do not depend on --batch
+        seeds = tf.stack([tf.fill([len(truth)], seed), tf.range(start, start + len(truth))], axis=1)
+        for name, values in global_hints.items():
+            global_hint = hints.no_global_hint(len(truth)) if values is None else tf.constant(values[start:start + len(truth)])
+            for n in points:
+                output = colorize(gray, real_color, global_hint, tf.constant(n), tf.cast(seeds, tf.int64)).numpy()
+                scores[name][n] += [metrics.psnr(t, o) for t, o in zip(truth, output)]
+    return scores
+
+
+def plot(results: dict, path: Path, references: dict[str, float]) -> None:
+    """PSNR against the number of hints (symlog axis so that 0 shows), one line per global hint."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    labels = {"none": "no global hint", "own": "global hint: the photo's own (upper bound)",
+              "same_class": "global hint: another photo of its class"}  # fmt: skip
+    for name, by_points in results["psnr"].items():
+        counts = sorted(int(n) for n in by_points)
+        axes.plot(counts, [by_points[str(n)] for n in counts], marker="o", label=labels[name])
+    axes.axhline(results["gray_psnr"], color="gray", linestyle=":", label=f"gray input ({results['gray_psnr']:.2f} dB)")
+    for (name, value), style in zip(references.items(), ["--", "-.", (0, (5, 1)), (0, (1, 1))] * 4):
+        axes.axhline(value, color="black", linestyle=style, linewidth=1, label=f"{name} ({value:.2f} dB)")
+    axes.set_xscale("symlog", linthresh=1)
+    counts = sorted(int(n) for n in next(iter(results["psnr"].values())))
+    axes.set_xticks(counts, [str(n) for n in counts])
+    revealed = "single pixels" if results["patch"] == 1 else f"squares of {results['patch']} px"
+    axes.set_xlabel(f"local hints revealed ({revealed})")
+    axes.set_ylabel("mean PSNR (dB)")
+    axes.set_title(f"{Path(results['run']).name} on {Path(results['data']).name} {results['split']} "
+                   f"({results['photos']} photos)", fontsize=10)  # fmt: skip
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evaluate.hints", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--run", required=True, type=Path, help="a run of MODEL=guided")
+    add("--checkpoint", default="latest", help="best | latest | a checkpoint path (default: latest)")
+    add("--data", required=True, type=Path, help="a shards folder with colour tiles")
+    add("--split", default=None, help="shard split (default: test, else val)")
+    add("--limit", type=int, default=0, help="N photos spread over the split, as make evaluate --limit (default: all)")
+    add("--points", default=",".join(map(str, DEFAULT_POINTS)), help="numbers of local hints, e.g. 0,1,10")
+    add("--patch", type=int, default=1, help="side of each hint's square in pixels, 1..9 (default: 1, single pixels)")
+    add("--seed", type=int, default=0, help="of the hints' positions and the same-class picks")
+    add("--batch", type=int, default=50, help="photos per model call")
+    add("--name", default=None, help="report name (default: hints-<data folder>)")
+    add("--out", type=Path, default=Path("reports"), help="where reports go (default: reports)")
+    add("--plot", type=Path, default=None, help="also write the plot here (e.g. docs/guided-hints.png)")
+    add("--reference", action="append", default=[], help="NAME=dB: a horizontal line, e.g. an automatic model's PSNR")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
+    return parser.parse_args(argv)
+
+
+def _references(values: list[str]) -> dict[str, float]:
+    references = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            references[name] = float(number)
+        except ValueError:
+            raise ConfigError(f"--reference={value!r}: expected NAME=dB, e.g. 'zhang=23.82'") from None
+        if not name:
+            raise ConfigError(f"--reference={value!r}: expected NAME=dB, e.g. 'zhang=23.82'")
+    return references
+
+
+def _points(text: str) -> list[int]:
+    try:
+        points = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"--points={text}: expected whole numbers separated by commas, e.g. 0,1,10") from None
+    if not points or points[0] < 0:
+        raise ConfigError(f"--points={text}: expected numbers >= 0")
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        points, references = _points(args.points), _references(args.reference)
+        if not 1 <= args.patch <= 9 or args.batch < 1 or args.limit < 0:
+            raise ConfigError("--patch must be in 1..9, --batch at least 1 and --limit at least 0")
+        saved = models.read_run_config(args.run)
+        if saved.model != "guided":
+            raise ConfigError(f"{args.run}: a run of MODEL={saved.model}; this measures MODEL=guided runs")
+        shards = dataset.Shards(args.data)
+        shards.require_color("the scores need the true colour")
+        split = args.split or ("test" if "test" in shards.splits and shards.splits["test"].tiles else "val")
+        ids, rgb, labels = split_photos(shards, split)
+        stride = saved.model_config.stride
+        if rgb.shape[1] % stride or rgb.shape[2] % stride:
+            raise ConfigError(f"{args.data}: {rgb.shape[2]}x{rgb.shape[1]} tiles; the run needs sides that are multiples of {stride}")
+        generator = models.build_from_run(args.run, args.checkpoint)["generator"]
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"evaluate.hints: {error}", file=sys.stderr)
+        return 2
+
+    chosen = evaluated_indices(len(rgb), args.limit)
+    truth = rgb[chosen]
+    global_hints: dict[str, np.ndarray | None] = {"none": None}
+    global_hints["own"] = hints.global_hint(color.rgb_to_model(truth)[1]).numpy()
+    partners = same_class_partners(labels, chosen, args.seed)
+    if (partners >= 0).all():
+        global_hints["same_class"] = hints.global_hint(color.rgb_to_model(rgb[partners])[1]).numpy()
+    else:
+        print(f"evaluate.hints: {int((partners < 0).sum())} of {len(chosen)} photos have no other photo of their class "
+              f"(or no labels); leaving out the same-class reference", file=sys.stderr)  # fmt: skip
+
+    scores = psnr_by_points(generator, truth, global_hints, points, args.patch, args.batch, args.seed)
+    gray = color.model_to_rgb(color.rgb_to_model(truth)[0], tf.zeros(truth.shape[:3] + (2,))).numpy()
+    results = {
+        "run": str(args.run), "checkpoint": args.checkpoint, "data": str(args.data), "split": split,
+        "photos": len(chosen), "patch": args.patch, "seed": args.seed, "points": points,
+        "gray_psnr": float(np.mean([metrics.psnr(t, g) for t, g in zip(truth, gray)])),
+        "psnr": {name: {str(n): float(np.mean(values)) for n, values in by_points.items()}
+                 for name, by_points in scores.items()},
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {platform.python_version()}, TensorFlow {tf.__version__}",
+    }  # fmt: skip
+    out = args.out / (args.name or f"hints-{args.data.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "hints.json", json.dumps(results, indent=2) + "\n")
+    plot(results, out / "hints.png", references)
+    if args.plot:
+        plot(results, args.plot, references)
+    width = max(len(name) for name in results["psnr"])
+    print(f"{'points':>{width}} " + " ".join(f"{n:>6}" for n in points))
+    for name, by_points in results["psnr"].items():
+        print(f"{name:>{width}} " + " ".join(f"{by_points[str(n)]:6.2f}" for n in points))
+    print(f"gray input {results['gray_psnr']:.2f} dB; wrote {out / 'hints.json'} and {out / 'hints.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
