@@ -46,6 +46,11 @@ def _tiny_png() -> bytes:
 
 def _mode_on_disk(path: Path) -> str:
     with Image.open(path) as img:
+        # Pillow 12 (the newest Apache Beam accepts, so the one `.[beam]` installs) opens a
+        # YCbCr TIFF as RGB, converting as it reads; its PhotometricInterpretation tag (6)
+        # still says what the file holds.
+        if img.format == "TIFF" and img.tag_v2.get(262) == 6:
+            return "YCbCr"
         return img.mode
 
 
