@@ -27,6 +27,7 @@ from preprocess import color, schema
 
 MANIFEST = "manifest.json"
 DOMAINS = ("gray", "color")  # the halves of the photos unpaired training takes each side from
+READ_CYCLE = 8  # training reads this many shard files at once, interleaved
 
 
 class GrayOnly(ValueError):
@@ -124,6 +125,7 @@ class Shards:
         seed: int | None = None,
         drop_remainder: bool | None = None,
         domain: str | None = None,
+        shard: tuple[int, int] = (1, 0),
     ) -> tf.data.Dataset:
         """One pass over a split as batches (see the module docstring); `.repeat()` it for more.
 
@@ -132,7 +134,17 @@ class Shards:
         crop and keeps the order. Training batches drop the remainder so every step has the same
         shape; evaluation keeps every tile. `domain` ("gray" or "color"): only the tiles of
         the photos on that side of `domain_of`.
+
+        shard=(count, index): one of `count` workers' part, the tiles at positions index,
+        index + count, ... of the stream one worker would read, taken before decoding;
+        `batch_size` is then this worker's share of the global batch. Every worker builds the
+        same stream (seeded shuffles, an ordered read of READ_CYCLE shards at a time, so it
+        needs `seed`) and each tile's flip and crop follow from its position in it, so the
+        workers' batches of step s are the one-worker batch of step s, split without overlap.
         """
+        count, index = shard
+        if count > 1 and seed is None:
+            raise ValueError(f"{self.folder}: shard={shard} needs a seed, or the workers' shuffles would differ")
         training = split == "train" if training is None else training
         drop_remainder = training if drop_remainder is None else drop_remainder
         files = tf.data.Dataset.from_tensor_slices(list(self.split(split).files))
@@ -140,9 +152,10 @@ class Shards:
             files = files.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         records = files.interleave(
             lambda path: tf.data.TFRecordDataset(path, compression_type=self.compression),
-            cycle_length=tf.data.AUTOTUNE,
+            # fixed, not AUTOTUNE (the core count), so that workers on other machines read alike
+            cycle_length=min(len(files), READ_CYCLE),
             num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not training,
+            deterministic=not training or count > 1,
         )
         if domain is not None:
             side = DOMAINS.index(domain)
@@ -151,16 +164,22 @@ class Shards:
                                                                   ["source_id"]) == side)  # fmt: skip
         if training:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # (position in the stream, serialized tile); only this worker's tiles are decoded
+        records = records.enumerate().shard(count, index)
+        augment_seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
 
         key, channels = ("gray", 1) if self.domain == "gray" else ("rgb", 3)
 
-        def prepare(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def prepare(position: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             example = schema.parse(serialized, self.domain)
             pixels = example[key]
             if training:
-                pixels = tf.image.random_flip_left_right(pixels, seed=seed)
+                # stateless: a tile's flip and crop depend on its position alone, on any worker
+                flip, crop = tf.unstack(tf.random.experimental.stateless_split(
+                    tf.stack([tf.constant(augment_seed, tf.int64), position]), 2))  # fmt: skip
+                pixels = tf.image.stateless_random_flip_left_right(pixels, flip)
                 if crop_size:
-                    pixels = tf.image.random_crop(pixels, [crop_size, crop_size, channels], seed=seed)
+                    pixels = tf.image.stateless_random_crop(pixels, [crop_size, crop_size, channels], crop)
             elif crop_size:
                 pixels = tf.image.resize_with_crop_or_pad(pixels, crop_size, crop_size)
             return pixels, example["label"]

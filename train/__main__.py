@@ -2,7 +2,7 @@
 
 `--verbose` shows TensorFlow's own log lines.
 
-Exit codes: 0 done, 1 training diverged (NaN/Inf), 2 bad settings, 130 Ctrl-C, 143 SIGTERM
+Exit codes: 0 done, 1 training diverged (NaN/Inf) or another worker was lost, 2 bad settings, 130 Ctrl-C, 143 SIGTERM
 (both after saving a checkpoint of the current step).
 """
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"make train: {error}", file=sys.stderr)
         return 2
-    except loop.Diverged as error:
+    except (loop.Diverged, loop.WorkerLost) as error:
         print(f"make train: {error}", file=sys.stderr)
         return 1
     except loop.Interrupted as error:

@@ -61,6 +61,10 @@ class Diverged(RuntimeError):
     """A loss or weight became NaN/Inf; nothing of that step was saved."""
 
 
+class WorkerLost(RuntimeError):
+    """Another worker of the cluster stopped answering (it died, or its machine did) mid-run."""
+
+
 class Interrupted(RuntimeError):
     """SIGINT or SIGTERM stopped training after a step, and a checkpoint of that step was saved."""
 
@@ -161,8 +165,8 @@ def runtime(train: TrainConfig) -> Iterator[None]:
 class Training:
     """The networks, optimizers and loop state of a run, built under `strategy`, and its step.
 
-    `train_step(batch)` takes a batch from `strategy.experimental_distribute_dataset` (or
-    a plain batch dict under the default strategy), advances `state["step"]` and returns
+    `train_step(batch)` takes a batch from `train_batches` (or a plain batch dict under the
+    default strategy), advances `state["step"]` and returns
     (losses averaged over replicas, whether all are finite). It is what a benchmark
     times: see `build`.
     """
@@ -173,6 +177,7 @@ class Training:
     state: dict[str, tf.Variable]
     checkpoint: tf.train.Checkpoint
     train_step: Callable[[dict], tuple[dict[str, tf.Tensor], tf.Tensor]]
+    stop: tf.Variable  # float32 scalar: this process's stop request before a step, every worker's after
 
 
 def build(model: str, model_config, train: TrainConfig, total_steps: int | None = None,
@@ -190,6 +195,8 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
     total_steps = total_steps or train.steps or 1
     with strategy.scope():
         networks = models.build(model, model_config)
+        if strategy.num_replicas_in_sync > 1 and train.sync_batch_norm:
+            synchronize_batch_norm(networks)
         state = {
             "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
             # reduce-on-plateau: multiplier of every learning rate, best val L1 so far, evaluations since
@@ -227,17 +234,39 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
         **getattr(step, "state", {}),  # what the step keeps between calls (cyclegan's history pools)
     )
 
+    # This process's stop request (1.0 after SIGINT/SIGTERM), set by the loop; after a step, whether
+    # any worker's was: workers stop at the same step, since every save is a collective. Not in
+    # the checkpoint, and not mirrored: each process has its own.
+    stop = tf.Variable(0.0, trainable=False, name="stop")
+    names: list[str] = []  # the step's loss names, in the order of the vector reduced below
+
+    def replica_step(batch):
+        losses = step(networks, optimizers, batch)
+        names[:] = list(losses)
+        # one all-reduce for every loss and the stop request, not one each: each is a round trip
+        return tf.stack([tf.cast(value, tf.float32) for value in losses.values()] + [stop.read_value()])
+
     def train_step(batch):
-        losses = strategy.run(step, args=(networks, optimizers, batch))
-        losses = {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
-                  for name, value in losses.items()}  # fmt: skip
+        reduced = strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(replica_step, args=(batch,)), axis=None)
+        losses = dict(zip(names, tf.unstack(reduced[:-1])))
+        stop.assign(tf.cast(reduced[-1] > 0.0, tf.float32))
         state["step"].assign_add(1)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in losses.values()])
+        finite = tf.reduce_all(tf.math.is_finite(reduced[:-1]))
         return losses, finite
 
     if not train.eager:
         train_step = tf.function(train_step, jit_compile=train.jit_compile)
-    return Training(strategy, networks, optimizers, state, checkpoint, train_step)
+    return Training(strategy, networks, optimizers, state, checkpoint, train_step, stop)
+
+
+def synchronize_batch_norm(networks: dict[str, keras.Model]) -> None:
+    """BatchNorm statistics over the global batch, not each replica's share, so that N replicas
+    at global batch B train as one replica at B (Keras' `synchronized`: an all-reduce of the
+    moments per layer and step). Before the first call: a layer reads it when traced."""
+    for network in networks.values():
+        for layer in network._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
 
 
 def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distribute.Strategy, start: int,
@@ -254,10 +283,18 @@ def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distr
         read = shards.unpaired_batches if unpaired else shards.batches
     while True:
         epoch, offset = divmod(step, per_epoch)
-        batches = read("train", train.batch_size, training=True, crop_size=train.crop_size or None,
-                       seed=train.seed + epoch)  # fmt: skip
-        batches = batches.take(per_epoch).skip(offset)
-        for batch in strategy.experimental_distribute_dataset(batches):
+
+        def worker_batches(context: tf.distribute.InputContext, epoch=epoch, offset=offset) -> tf.data.Dataset:
+            # Each worker reads its own part of every global batch (Shards.batches' shard), split
+            # further between its replicas, which take one batch each in turn: worker k's batches
+            # of step s, together, are its k-th share of the one-worker batch of step s.
+            local_replicas = strategy.num_replicas_in_sync // context.num_input_pipelines
+            batches = read("train", context.get_per_replica_batch_size(train.batch_size), training=True,
+                           crop_size=train.crop_size or None, seed=train.seed + epoch,
+                           shard=(context.num_input_pipelines, context.input_pipeline_id))  # fmt: skip
+            return batches.take(per_epoch * local_replicas).skip(offset * local_replicas)
+
+        for batch in strategy.distribute_datasets_from_function(worker_batches):
             yield batch
             step += 1
 
@@ -390,31 +427,40 @@ def run(settings: Settings, strategy: tf.distribute.Strategy | None = None) -> d
     ConfigError when the run folder's checkpoint does not fit.
     """
     strategy = strategy or make_strategy(settings.train.strategy)
-    # Workers of a cluster save together; one worker stopping alone on its own signal would
-    # leave the others waiting in that save, so a cluster keeps the default handlers.
-    with runtime(settings.train), stop_requests(enabled=not _cluster(strategy)) as requested:
-        return _run(settings, strategy, requested)
+    # Every worker takes part in a save (a collective); the others' saves go to a scratch
+    # folder deleted at the end, as TensorFlow's multi-worker guide prescribes.
+    scratch = contextlib.nullcontext() if is_chief(strategy) else tempfile.TemporaryDirectory(prefix="train-worker-")
+    with runtime(settings.train), stop_requests() as requested, scratch as scratch_dir:
+        return _run(settings, strategy, requested, scratch_dir)
 
 
-def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[int]) -> dict[str, float]:
+def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[int],
+         scratch_dir: str | None) -> dict[str, float]:  # fmt: skip
     train = settings.train
     run_dir = Path(train.run)
-    chief = is_chief(strategy)
+    chief = scratch_dir is None
     shards, per_epoch = settings.shards, settings.steps_per_epoch
     total = train.steps or train.epochs * per_epoch
+    replicas = strategy.num_replicas_in_sync
+    if train.batch_size % replicas:
+        raise ConfigError(f"--batch_size={train.batch_size} is the global batch, split evenly between {replicas} "
+                          f"replicas (workers x devices): use a multiple of {replicas}")  # fmt: skip
     training = build(settings.model, settings.model_config, train, total, strategy, shards)
-    # Every worker takes part in a save; only the chief's lands in the run folder.
-    checkpoint_dir = run_dir / models.CHECKPOINT_DIR if chief else Path(tempfile.mkdtemp())
-    best_dir = run_dir / models.BEST_DIR if chief else Path(tempfile.mkdtemp())
-    manager = tf.train.CheckpointManager(training.checkpoint, checkpoint_dir, max_to_keep=train.keep_checkpoints)
+    own_dir = run_dir if chief else Path(scratch_dir)
+    manager = tf.train.CheckpointManager(training.checkpoint, own_dir / models.CHECKPOINT_DIR,
+                                         max_to_keep=train.keep_checkpoints)  # fmt: skip
+    best_dir = own_dir / models.BEST_DIR
     best_manager = tf.train.CheckpointManager(training.checkpoint, best_dir, max_to_keep=1)
-    if manager.latest_checkpoint:
+    # Every worker resumes from the chief's checkpoint, so the run folder must be on storage all read.
+    latest = tf.train.latest_checkpoint(str(run_dir / models.CHECKPOINT_DIR))
+    if latest:
         try:
-            status = training.checkpoint.restore(manager.latest_checkpoint)
-            models.assert_restored(status, manager.latest_checkpoint, training.networks)
+            status = training.checkpoint.restore(latest)
+            models.assert_restored(status, latest, training.networks)
         except (AssertionError, tf.errors.OpError) as error:
             message = str(error).strip().splitlines()[0]
-            raise ConfigError(f"{manager.latest_checkpoint} does not fit this model: {message}") from None
+            raise ConfigError(f"{latest} does not fit this model: {message}") from None
+    _check_same_start(strategy, int(training.state["step"].numpy()), run_dir)
     if chief:  # only now: a resume refused above must leave the run's settings as they were
         models.write_run_config(run_dir, settings.model, settings.model_config, train,
                                 {"tile_size": shards.tile_size, "steps_per_epoch": per_epoch})  # fmt: skip
@@ -451,7 +497,10 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
                      total - start)
     try:
         for step, batch in enumerate(batches, start + 1):
+            if requested:
+                training.stop.assign(1.0)
             losses, finite = training.train_step(batch)
+            stopping = bool(training.stop.numpy())  # this process's request or another worker's
             if not bool(finite):
                 values = ", ".join(f"{name}={float(value):.4g}" for name, value in losses.items())
                 raise Diverged(f"loss became NaN/Inf at step {step} ({values}); {_last_good(manager, run_dir)}")
@@ -473,7 +522,7 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
 
             scheduled_eval = step % train.eval_every == 0 or epoch_end
             if scheduled_eval or final:
-                val = evaluate(val_batches)
+                val = _agreed(strategy, evaluate(val_batches))
                 log.scalars(step, val)
                 metrics.update(val)
                 # Only scheduled validations move the plateau, so that the training of a run does not
@@ -490,10 +539,10 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
             if step % train.log_every == 0 or scheduled_eval or final:
                 log.loss_curves()
 
-            if step % train.sample_every == 0 or final:
+            if chief and (step % train.sample_every == 0 or final):
                 log.samples(step, sample_rows(generator, fixed["gray"], fixed["color"]))
 
-            if step % train.checkpoint_every == 0 or epoch_end or final or requested:
+            if step % train.checkpoint_every == 0 or epoch_end or final or stopping:
                 save(manager, step)
 
             if epoch_end:
@@ -502,16 +551,64 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
                 progress.write(f"epoch {step // per_epoch}/{math.ceil(total / per_epoch)} (step {step}/{total}, "
                                f"{minutes:.1f} min): {_format({**epoch.pop(), **val, **rates})}")  # fmt: skip
 
-            if requested and not final:
-                name = signal.Signals(requested[0]).name
-                raise Interrupted(f"{name}: stopped at step {step} of {total} and saved it in {manager.latest_checkpoint}; "
-                                  f"the same command resumes from there", requested[0])  # fmt: skip
+            if stopping and not final:
+                number = requested[0] if requested else signal.SIGTERM
+                reason = signal.Signals(number).name if requested else "another worker was stopped"
+                saved = run_dir / models.CHECKPOINT_DIR / f"ckpt-{step}"
+                raise Interrupted(f"{reason}: stopped at step {step} of {total} and saved it in {saved}; "
+                                  f"the same command resumes from there", number)  # fmt: skip
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as error:  # fmt: skip
+        if _workers(strategy)[1] == 1:
+            raise
+        # what MultiWorkerMirroredStrategy's collectives raise when a peer is gone
+        cause = str(error).strip().splitlines()[0]
+        latest = tf.train.latest_checkpoint(str(run_dir / models.CHECKPOINT_DIR)) or "none yet"
+        raise WorkerLost(f"another worker stopped answering ({cause}); the last checkpoint is {latest}: start "
+                         f"every worker again to resume from there") from None  # fmt: skip
     finally:
         progress.close()
         log.close()
     print(f"done: step {total}; {_format(metrics)}; best val/{train.best_by} {abs(float(training.state['best_score'].numpy())):.4g} "
-          f"in {best_dir}")  # fmt: skip
+          f"in {run_dir / models.BEST_DIR}")  # fmt: skip
     return metrics
+
+
+def _workers(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(this process's index, the number of worker processes): (0, 1) outside a cluster."""
+    cluster = _cluster(strategy)
+    tasks = [(kind, index) for kind in ("chief", "worker") for index in range(len(cluster.get(kind, [])))]
+    if len(tasks) <= 1:
+        return 0, 1
+    resolver = strategy.cluster_resolver
+    return tasks.index((resolver.task_type, resolver.task_id)), len(tasks)
+
+
+def _agreed(strategy: tf.distribute.Strategy, values: dict[str, float]) -> dict[str, float]:
+    """The mean over worker processes of each worker's `values` (a collective: every worker calls it).
+
+    Each worker validates on its own, and machines may round differently; what decides a save
+    (a best score, the plateau) must be the same everywhere, since a save is a collective too.
+    """
+    if _workers(strategy)[1] == 1:
+        return values
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, tf.constant(list(values.values()), tf.float64), axis=None)
+    return dict(zip(values, mean.numpy().tolist()))
+
+
+def _check_same_start(strategy: tf.distribute.Strategy, start: int, run_dir: Path) -> None:
+    """ConfigError on every worker unless all resumed at the same step (a collective)."""
+    index, count = _workers(strategy)
+    if count == 1:
+        return
+    # a mean over workers of one-hot rows gives every worker's step to every worker
+    mine = np.zeros(count)
+    mine[index] = start * count
+    steps = [round(value) for value in _agreed(strategy, dict(enumerate(mine))).values()]
+    if len(set(steps)) > 1:
+        raise ConfigError(f"the workers resumed at steps {steps} (worker 0 first): each must read the chief's "
+                          f"{run_dir / models.CHECKPOINT_DIR}, so the run folder must be on storage every worker "
+                          f"reads (a shared file system, GCS, S3)")  # fmt: skip
 
 
 def _last_good(manager: tf.train.CheckpointManager, run_dir: Path) -> str:
