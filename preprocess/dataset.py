@@ -26,7 +26,9 @@ import tensorflow as tf
 from preprocess import color, schema
 
 MANIFEST = "manifest.json"
-DOMAINS = ("gray", "color")  # the halves of the photos unpaired training takes each side from
+# The two sides of unpaired training: the halves of a colour folder (--unpaired), and what a
+# shard folder holds (make data DOMAIN=: colour photos, or gray-only ones)
+DOMAINS = ("gray", "color")
 READ_CYCLE = 8  # training reads this many shard files at once, interleaved
 
 

@@ -30,8 +30,6 @@ import tensorflow as tf
 SCHEMA_VERSION = 1
 NO_LABEL = -1
 
-DOMAINS = ("color", "gray")  # what a shard folder holds: colour tiles, or gray-only tiles
-
 FEATURES = {
     # a record carries one of the two; shards from before gray-only ones all carry rgb
     "rgb": tf.io.FixedLenFeature([], tf.string, default_value=""),

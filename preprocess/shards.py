@@ -30,7 +30,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from preprocess import atomic, color, schema, sources, tiles
-from preprocess.dataset import MANIFEST
+from preprocess.dataset import DOMAINS, MANIFEST
 from preprocess.images import DEFAULT_MAX_PIXELS
 
 PARTS = ".parts"
@@ -78,8 +78,8 @@ class Options:
             raise ValueError(f"crops {self.crops} must be at least 1")
         if self.compression not in (None, "GZIP"):
             raise ValueError(f"compression {self.compression!r} must be none or gzip")
-        if self.domain not in schema.DOMAINS:
-            raise ValueError(f"domain {self.domain!r} is not one of {', '.join(schema.DOMAINS)}")
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain {self.domain!r} is not one of {', '.join(DOMAINS)}")
 
     def chunk_images(self) -> int:
         if self.images_per_shard:

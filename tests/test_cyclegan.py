@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ import models
 from export import __main__ as export_cli
 from export import colorize
 from models.cyclegan import CycleGANConfig, HistoryPool
-from preprocess import color
+from preprocess import color, shards
 from preprocess.dataset import DOMAINS, Shards, domain_of
 from tests.helpers import photo
 from models.config import ConfigError
@@ -197,3 +200,77 @@ def test_more_than_one_replica_is_refused_before_any_step():
     train = TrainConfig(strategy="mirrored", precision="float32")
     with loop.runtime(train), pytest.raises(ConfigError, match="keeps one pool_color and one pool_gray per run"):
         loop.build("cyclegan", CycleGANConfig(**TINY), train, total_steps=2, strategy=strategy)
+
+
+@pytest.fixture(scope="module")
+def gray_shards(tmp_path_factory):
+    """Gray-only shards (make data DOMAIN=gray) of 32 px, as tiny_shards: 16 tiles of 8 gray photos."""
+    root = tmp_path_factory.mktemp("old_scans")
+    for number in range(8):
+        Image.fromarray(photo(32, 48, seed=100 + number)[..., 1]).save(root / f"scan{number}.png")
+    out = root / "shards"
+    options = shards.Options(source=f"folder:{root}", size=32, mode="random", crops=2, val_fraction=0.0, domain="gray")
+    shards.write(options, out, workers=1, log=io.StringIO())
+    return out
+
+
+def test_gray_data_batches_take_gray_from_the_gray_shards_and_colour_from_data(tiny_shards, gray_shards):
+    data, gray = Shards(tiny_shards), Shards(gray_shards)
+    scans = [color.rgb_to_model(tf.repeat(r["gray"][None], 3, -1))[0][0].numpy() for r in gray.records("train")]
+    tiles = [color.rgb_to_model(r["rgb"][None]) for r in data.records("train")]
+    assert len(scans) == 16
+    batches = data.unpaired_batches("train", 4, gray_shards=gray, training=False).take(12)  # 3 epochs of the scans
+    seen = set()
+    for batch in batches:
+        for gray_image, ab, color_gray in zip(batch["gray"].numpy(), batch["color"].numpy(), batch["color_gray"].numpy()):
+            matches = [i for i, scan in enumerate(scans) if np.array_equal(gray_image, scan)]
+            assert matches, "a gray image that is no scan"
+            seen.update(matches)
+            assert any(np.array_equal(ab, tile[1][0].numpy()) and np.array_equal(color_gray, tile[0][0].numpy())
+                       for tile in tiles)  # fmt: skip
+    assert seen == set(range(16))
+
+
+def test_gray_only_shards_are_refused_where_colour_truth_is_needed(gray_shards, tiny_shards, exported, tmp_path,
+                                                                  capsys):  # fmt: skip
+    for model in ("cgan", "zhang", "cyclegan"):
+        assert main([f"--model={model}", f"--data={gray_shards}", f"--run={tmp_path / model}", "--steps=1"]) == 2
+        error = capsys.readouterr().err
+        assert error.strip() == (f"make train: {gray_shards} has only gray photos (DOMAIN=gray); train MODEL=cyclegan "
+                                 f"with GRAY_DATA={gray_shards} and colour shards as DATA")  # fmt: skip
+        assert not (tmp_path / model).exists()
+    cgan = ["--model=cgan", f"--data={tiny_shards}", f"--run={tmp_path / 'cgan'}", f"--gray_data={gray_shards}"]
+    assert main(cgan) == 2
+    assert "--gray_data is for unpaired training (--model=cyclegan)" in capsys.readouterr().err
+    assert main(_args(tiny_shards, tmp_path / "both", f"--gray_data={gray_shards}", "--unpaired")) == 2
+    assert "--gray_data and --unpaired both choose the gray photos" in capsys.readouterr().err
+    assert main(_args(tiny_shards, tmp_path / "big", f"--gray_data={gray_shards}", "--batch_size=17")) == 2
+    assert f"--gray_data={gray_shards}: 16 training tiles, fewer than --batch_size=17" in capsys.readouterr().err
+
+    from evaluate.__main__ import main as evaluate_main
+
+    assert evaluate_main([f"--data={gray_shards}", f"--export={exported}", f"--out={tmp_path / 'reports'}"]) == 2
+    assert "has only gray photos (DOMAIN=gray); evaluate on colour shards" in capsys.readouterr().err
+
+
+def test_a_run_on_gray_data_resumes_bit_identically_under_the_compiled_step(tiny_shards, gray_shards, tmp_path):
+    # The pools (size 3, batch 2) are full by step 2, so the resumed half draws from restored pools;
+    # both halves and the unbroken run trace the compiled step (no --eager) on their own.
+    common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", f"--gray_data={gray_shards}"]
+    stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
+    assert main(_args(tiny_shards, stopped, *common, "--steps=2")) == 0
+    assert main(["--model=cyclegan", f"--run={stopped}", "--steps=4"]) == 0  # GRAY_DATA from the saved config
+    assert main(_args(tiny_shards, unbroken, *common)) == 0
+    resumed = _checkpoint_values(str(stopped / "ckpt" / "ckpt-4"))
+    reference = _checkpoint_values(str(unbroken / "ckpt" / "ckpt-4"))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    assert int(reference["pool_gray/count/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+
+    # validated on DATA's val split (the scans have no colour truth); samples: gray | colorized | gray again | real
+    saved = json.loads((unbroken / "config.json").read_text())
+    assert saved["train_config"]["gray_data"] == str(gray_shards)
+    assert "val/psnr" in json.loads((unbroken / "best" / "best.json").read_text())
+    grid = np.asarray(Image.open(sorted((unbroken / "samples").glob("*.png"))[-1]))
+    assert grid.shape[1] == 4 * grid.shape[0] // 2  # 2 rows of 16 px crops, 4 columns

@@ -364,18 +364,25 @@ def selection_score(val: dict[str, float], best_by: str) -> float:
     return val[name] if name in HIGHER_IS_BETTER else -val[name]
 
 
-def sample_rows(generator: keras.Model, gray: tf.Tensor, real_color: tf.Tensor) -> np.ndarray:
+def sample_rows(generator: keras.Model, gray: tf.Tensor, real_color: tf.Tensor,
+                to_gray: keras.Model | None = None) -> np.ndarray:  # fmt: skip
     """uint8 [N, H, (2 + K)W, 3]: per example, gray | generated | real.
 
     A generator with a `sample_colors(gray, real_color)` method gives its K generated
-    columns itself (guided: automatic, with hints); the others give one.
+    columns itself (guided: automatic, with hints); the others give one. With `to_gray`
+    (cyclegan's), a column more before the real one: gray again, to_gray of the generated
+    Lab image, which the cycle loss compares with the gray.
     """
     if hasattr(generator, "sample_colors"):
         fakes = generator.sample_colors(gray, real_color)
     else:
         fakes = [generator(gray, training=False)]
+    again = []
+    if to_gray is not None:
+        cycled = to_gray(tf.concat([gray, tf.cast(fakes[0], gray.dtype)], -1), training=False)  # [N, H, W, 1]
+        again = [color.model_to_rgb(tf.cast(cycled, tf.float32), tf.zeros_like(real_color))]
     images = [color.model_to_rgb(gray, tf.zeros_like(real_color)), *(color.model_to_rgb(gray, fake) for fake in fakes),
-              color.model_to_rgb(gray, real_color)]  # fmt: skip
+              *again, color.model_to_rgb(gray, real_color)]  # fmt: skip
     return tf.concat(images, axis=2).numpy()
 
 
@@ -540,7 +547,8 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
                 log.loss_curves()
 
             if chief and (step % train.sample_every == 0 or final):
-                log.samples(step, sample_rows(generator, fixed["gray"], fixed["color"]))
+                to_gray = training.networks.get("to_gray")  # cyclegan's: a gray-again column
+                log.samples(step, sample_rows(generator, fixed["gray"], fixed["color"], to_gray))
 
             if step % train.checkpoint_every == 0 or epoch_end or final or stopping:
                 save(manager, step)
