@@ -46,7 +46,7 @@ def next_version(model_dir: Path) -> int:
     return max(existing, default=0) + 1
 
 
-def check(export_dir: Path, temperature: float | None) -> None:
+def check(export_dir: Path, temperature: float | None, hints: bool = False) -> None:
     """Check a written export three ways, raising CheckFailed.
 
     `saved_model_cli show --all` must list every signature with its documented input and
@@ -83,7 +83,7 @@ def check(export_dir: Path, temperature: float | None) -> None:
             if process.returncode != 0:
                 raise CheckFailed(f"saved_model_cli {name} failed:\n{finished[name][1][-3000:]}")
         shown = finished["show"][0]
-        for name, specs in savedmodel.input_specs(temperature is not None).items():
+        for name, specs in savedmodel.input_specs(temperature is not None, hints).items():
             # Signatures are listed in turn, each with its inputs and outputs.
             listed = shown.partition(f"signature_def['{name}']")[2].partition("signature_def[")[0]
             names = [f"inputs['{spec.name}']" for spec in specs] + [f"outputs['{savedmodel.OUTPUTS[name]}']"]
@@ -114,6 +114,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
         generator.decode_rebalance = decode_rebalance
         saved = saved._replace(model_config=dataclasses.replace(saved.model_config, decode_rebalance=decode_rebalance))
     size = size or models.working_size(saved)
+    hints = savedmodel.takes_hints(generator)
     if not savedmodel.has_temperature(saved.model_config):
         if temperature is not None:
             raise ConfigError(f"--temperature: {saved.model} does not decode with a temperature")
@@ -130,7 +131,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
     partial = model_dir / f".partial-{version}-{os.getpid()}"  # hidden: TF Serving loads numbered folders only
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        savedmodel.write(generator, partial, size, saved.model_config.stride, temperature is not None)
+        savedmodel.write(generator, partial, size, saved.model_config.stride, temperature is not None, hints=hints)
         info = {
             "model": saved.model,
             "model_config": dataclasses.asdict(saved.model_config),
@@ -138,19 +139,20 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             "stride": saved.model_config.stride,
             "max_pixels": savedmodel.MAX_PIXELS,  # colorize_image refuses larger photos
             "temperature": temperature,
+            "hints": hints,  # the guided signatures are there (colorize --hints / --reference)
             "run": str(run.resolve()),
             "checkpoint": checkpoint,
             "signatures": {
                 key: [spec.name for spec in specs]
-                for key, specs in savedmodel.input_specs(temperature is not None).items()
+                for key, specs in savedmodel.input_specs(temperature is not None, hints).items()
             },
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (partial / INFO_FILE).parent.mkdir(parents=True, exist_ok=True)
         (partial / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        serving.write_warmup(partial, model_dir.name, temperature)
-        check(partial, temperature)
+        serving.write_warmup(partial, model_dir.name, temperature, hints)
+        check(partial, temperature, hints)
         os.rename(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -12,6 +12,12 @@ It sends what the README's `curl` example does ("Serving with TensorFlow Serving
 TF Serving decodes {"b64": ...} for every string input, and encodes a string output the
 same way only when its name ends in "_bytes" (hence `png_bytes`). Models with a
 temperature take it per photo: {"instances": [{"image_bytes": {"b64": ...}, "temperature": 0.38}]}.
+Models that take hints (MODEL=guided) also have `colorize_guided_image`:
+
+    {"signature_name": "colorize_guided_image", "instances": [{"image_bytes": {"b64": ...},
+      "hint_y": [45], "hint_x": [120], "hint_colors": ["#d02020"], "reference_bytes": {"b64": ...}}]}
+
+with empty lists for no hints and {"b64": ""} for no reference.
 Standard library only, so that a client machine needs neither TensorFlow nor requests.
 """
 
@@ -26,7 +32,10 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
+from export.guidance import Hint
+
 SIGNATURE = "colorize_image"
+GUIDED_SIGNATURE = "colorize_guided_image"
 
 
 class ServingError(Exception):
@@ -63,18 +72,41 @@ class ServingClient:
         except (urllib.error.URLError, OSError) as error:
             raise ServingError(f"{self.url}: {getattr(error, 'reason', error)}") from None
 
-    def colorize_png(self, data: bytes, temperature: float | None = None) -> bytes:
-        """Encoded photo (JPEG, PNG, any mode) -> the colorized photo as PNG bytes, same size."""
+    def takes_hints(self) -> bool:
+        """Whether the served model has the guided signature (asks the server's metadata)."""
+        http = urllib.request.Request(f"{self.url}/metadata")
+        try:
+            with urllib.request.urlopen(http, timeout=self.timeout) as response:
+                signatures = json.load(response)["metadata"]["signature_def"]["signature_def"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as error:
+            raise ServingError(f"{self.url}/metadata: {getattr(error, 'reason', error)}") from None
+        return GUIDED_SIGNATURE in signatures
+
+    def colorize_png(self, data: bytes, temperature: float | None = None, hints: list[Hint] | None = None,
+                     reference: bytes | None = None) -> bytes:  # fmt: skip
+        """Encoded photo (JPEG, PNG, any mode) -> the colorized photo as PNG bytes, same size.
+
+        `hints` (pixels of the photo, export/guidance.py) and `reference` (an encoded colour
+        photo) go to models that take them, through `colorize_guided_image`.
+        """
         photo = {"b64": base64.b64encode(data).decode("ascii")}
         instance = photo if temperature is None else {"image_bytes": photo, "temperature": temperature}
-        answer = self.predict({"signature_name": SIGNATURE, "instances": [instance]})
+        signature = SIGNATURE
+        if hints or reference:
+            signature = GUIDED_SIGNATURE
+            instance = {"image_bytes": photo, "hint_y": [hint.y for hint in hints or []],
+                        "hint_x": [hint.x for hint in hints or []], "hint_colors": [hint.colour for hint in hints or []],
+                        "reference_bytes": {"b64": base64.b64encode(reference or b"").decode("ascii")}}  # fmt: skip
+        answer = self.predict({"signature_name": signature, "instances": [instance]})
         try:
             return base64.b64decode(answer["predictions"][0]["b64"])
         except (KeyError, IndexError, TypeError, ValueError):
             raise ServingError(f"{self.url}: unexpected answer {str(answer)[:200]}") from None
 
-    def colorize(self, rgb: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    def colorize(self, rgb: np.ndarray, temperature: float | None = None, hints: list[Hint] | None = None,
+                 reference: bytes | None = None) -> np.ndarray:  # fmt: skip
         """uint8 RGB [H, W, 3] -> uint8 RGB [H, W, 3], sent as a PNG (lossless, fast to encode)."""
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", compress_level=1)
-        return np.asarray(Image.open(io.BytesIO(self.colorize_png(buffer.getvalue(), temperature))).convert("RGB"))
+        colorized = self.colorize_png(buffer.getvalue(), temperature, hints, reference)
+        return np.asarray(Image.open(io.BytesIO(colorized)).convert("RGB"))

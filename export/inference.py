@@ -7,12 +7,30 @@ Needs TensorFlow and the export folder only: the graph, the weights and the sett
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from export.guidance import Hint
+
 INFO_FILE = Path("assets.extra") / "export.json"
+
+
+def error_message(error: tf.errors.OpError | str) -> str:
+    """The line of a graph's error (or TF Serving's) that says what went wrong: the message of a
+    check in the graph (a hint outside the photo, a gray reference, ...), else the first informative line."""
+    message = error if isinstance(error, str) else error.message
+    # eager: "... Summarized data: b'<message>'"; a loaded SavedModel, TF Serving: "assertion failed: [<message>]"
+    for pattern in (r"Summarized data: b'(.*?)'", r'Summarized data: b"(.*?)"', r"assertion failed: \[(.*)\]"):
+        found = re.search(pattern, message)
+        if found:
+            return found[1]
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("Graph execution error", "Detected at node",
+                                                                      "<stack traces", "[["))]  # fmt: skip
+    return (useful or lines or [type(error).__name__])[0]
 
 
 class ExportNotFound(Exception):
@@ -44,7 +62,7 @@ class Colorizer:
     """One loaded export. `colorize(rgb)` -> the colour photo at the input's size.
 
     `info` is the export's export.json: model, working_size, stride, temperature (the
-    default, or None for models without one), run, checkpoint.
+    default, or None for models without one), hints (whether it takes them), run, checkpoint.
     """
 
     def __init__(self, model: str | Path, version: int | None = None) -> None:
@@ -53,23 +71,34 @@ class Colorizer:
         # The signatures keep working only while the loaded object lives, so it is kept.
         self._loaded = tf.saved_model.load(str(self.path))
         self._colorize_at_size = self._loaded.signatures["colorize_at_size"]
+        self._colorize_guided = self._loaded.signatures.get("colorize_guided")
+
+    @property
+    def takes_hints(self) -> bool:
+        """Whether the model takes colour hints and a reference photo (MODEL=guided)."""
+        return self._colorize_guided is not None
 
     @property
     def label(self) -> str:
         """`<name> v<version>`, naming the served model in pages and reports."""
         return f"{self.path.parent.name} v{self.path.name}"
 
-    def colorize(self, rgb: np.ndarray, size: int | None = None, temperature: float | None = None) -> np.ndarray:
+    def colorize(self, rgb: np.ndarray, size: int | None = None, temperature: float | None = None,
+                 hints: list[Hint] | None = None, reference: bytes | None = None) -> np.ndarray:  # fmt: skip
         """uint8 RGB [H, W, 3] (gray photos with equal channels; colour ones are taken as gray)
         -> uint8 RGB [H, W, 3] with the input's L and the model's colour.
 
         `size`: the working size (default the export's); `temperature`: for models that
-        decode with one (default the export's), refused by the others.
+        decode with one (default the export's), refused by the others. For models that take
+        them (`takes_hints`): `hints` in the photo's pixels (export/guidance.py) and
+        `reference`, an encoded colour photo (PNG, JPEG, ...) whose colours to follow.
         """
-        return self.colorize_batch(np.asarray(rgb)[None], size, temperature)[0]
+        return self.colorize_batch(np.asarray(rgb)[None], size, temperature, hints, reference)[0]
 
-    def colorize_batch(self, rgb: np.ndarray, size: int | None = None, temperature: float | None = None) -> np.ndarray:
-        """As `colorize`, for photos of one size at once: uint8 RGB [N, H, W, 3] -> [N, H, W, 3].
+    def colorize_batch(self, rgb: np.ndarray, size: int | None = None, temperature: float | None = None,
+                       hints: list[Hint] | None = None, reference: bytes | None = None) -> np.ndarray:  # fmt: skip
+        """As `colorize`, for photos of one size at once: uint8 RGB [N, H, W, 3] -> [N, H, W, 3],
+        every photo with the same hints and reference (the frames of a sequence).
 
         One call of the graph for N small photos costs about what one photo does.
         """
@@ -77,8 +106,25 @@ class Colorizer:
             "image": tf.constant(np.asarray(rgb, np.uint8)),
             "working_size": tf.constant(size or self.info["working_size"], tf.int32),
         }
+        if hints or reference:
+            if not self.takes_hints:
+                raise ValueError(f"{self.label} ({self.info['model']}) takes no hints or reference photo")
+            inputs.update(guidance_feed(hints or [], reference or b"", len(rgb)))
+            return self._colorize_guided(**inputs)["rgb"].numpy()
         if self.info["temperature"] is not None:
             inputs["temperature"] = tf.fill([len(rgb)], float(temperature or self.info["temperature"]))
         elif temperature is not None:
             raise ValueError(f"{self.info['model']} does not decode with a temperature")
         return self._colorize_at_size(**inputs)["rgb"].numpy()
+
+
+def guidance_feed(hints: list[Hint], reference: bytes, count: int) -> dict[str, tf.Tensor]:
+    """The guided signatures' hint inputs for `count` photos that share `hints` and `reference`
+    ("" for none): hint_y, hint_x int32 [count, K], hint_colors string [count, K], reference_bytes [count]."""
+    rows = lambda values, dtype: tf.constant([list(values)] * count, dtype, shape=[count, len(hints)])  # noqa: E731
+    return {
+        "hint_y": rows((hint.y for hint in hints), tf.int32),
+        "hint_x": rows((hint.x for hint in hints), tf.int32),
+        "hint_colors": rows((hint.colour for hint in hints), tf.string),
+        "reference_bytes": tf.constant([reference] * count, tf.string),
+    }

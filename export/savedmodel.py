@@ -19,6 +19,18 @@ Signatures (the names are the keys of TF Serving requests and answers; see the R
 A model whose config has a `temperature` field (zhang) decodes its colour with one, and each
 signature then also takes `temperature` float32 [N]. `colorize_image` refuses a photo of more
 than MAX_PIXELS pixels, read from its header, before decoding it (see `header_pixels`).
+
+A generator that takes hints (MODEL=guided, Zhang et al. 2017; see `takes_hints`) keeps the
+three signatures above, which colour automatically, and adds two that take them:
+    colorize_guided_image  image_bytes string [N], hint_y int32 [N, K], hint_x int32 [N, K],
+                           hint_colors string [N, K], reference_bytes string [N] -> png_bytes string [N]
+    colorize_guided        image uint8 [N, H, W, 3], working_size int32 [], the same four -> rgb uint8 [N, H, W, 3]
+TF Serving has no optional inputs, so "none" is empty: K = 0 hints, reference_bytes "" (then
+the result is exactly the automatic signatures'). A hint is pixel (hint_x, hint_y) of the
+photo and a colour "#rrggbb", whose Lab ab is what the model gets (see `guidance_inputs`).
+Every input is a list per photo, so TF Serving's REST "instances" rows carry them as they
+are, an empty list included; hint_y, hint_x and hint_colors are separate lists because a
+JSON [] has no inner dimension to give an [N, K, 2] tensor.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from export.guidance import MIN_REFERENCE_CHROMA, REFERENCE_SIDE
+from models import hints
 from preprocess import color
 
 # Full-resolution pixels (over the batch) converted per step. A 12 MP photo in one piece
@@ -43,7 +57,15 @@ STRIPE_PIXELS = 1 << 18
 SERVING_DEFAULT = "serving_default"
 COLORIZE_IMAGE = "colorize_image"
 COLORIZE_AT_SIZE = "colorize_at_size"
-OUTPUTS = {SERVING_DEFAULT: "rgb", COLORIZE_IMAGE: "png_bytes", COLORIZE_AT_SIZE: "rgb"}
+COLORIZE_GUIDED_IMAGE = "colorize_guided_image"
+COLORIZE_GUIDED = "colorize_guided"
+OUTPUTS = {SERVING_DEFAULT: "rgb", COLORIZE_IMAGE: "png_bytes", COLORIZE_AT_SIZE: "rgb",
+           COLORIZE_GUIDED_IMAGE: "png_bytes", COLORIZE_GUIDED: "rgb"}  # fmt: skip
+GUIDANCE_NAMES = ("hint_y", "hint_x", "hint_colors", "reference_bytes")
+
+# A hint colours a square of this side around its pixel at the working size, inside the
+# 1 to 9 px patches the paper trains with: a click is a point, and the model sees it as one.
+HINT_PATCH = 3
 
 # The largest photo `colorize_image` decodes (export.json's "max_pixels"). A PNG of a
 # billion black pixels is a few hundred KiB, and decoding it would take 3 GB before the
@@ -123,10 +145,13 @@ def colorize_pixels(
     stride: int,
     temperature: tf.Tensor | None = None,
     stripe_pixels: int = STRIPE_PIXELS,
+    guidance: tuple[tf.Tensor, ...] | None = None,
 ) -> tf.Tensor:
     """uint8 [N, H, W, C] (C = 1 gray, 3 RGB whose L is used) -> uint8 RGB [N, H, W, 3].
 
-    `temperature` float32 [N] goes to generators that take one (see `has_temperature`).
+    `temperature` float32 [N] goes to generators that take one (see `has_temperature`);
+    `guidance` (hint_y, hint_x, hint_colors [N, K], reference_bytes [N]; see
+    `guidance_inputs`) to generators that take hints (see `takes_hints`).
     Runs eagerly or traced; the export traces it into every signature.
     """
     if pixels.shape[-1] not in (1, 3):
@@ -135,12 +160,15 @@ def colorize_pixels(
     batch, height, width = shape[0], shape[1], shape[2]
 
     # The model's view: resized in sRGB, as `make data` resizes photos, then converted.
-    small = tf.image.resize(pixels, working_shape(height, width, working_size, stride), antialias=True)
+    working = working_shape(height, width, working_size, stride)
+    small = tf.image.resize(pixels, working, antialias=True)
     small = tf.clip_by_value(small / 255.0, 0.0, 1.0)
     if pixels.shape[-1] == 1:
         small = tf.repeat(small, 3, axis=-1)
     gray, _ = color.rgb_to_model(small)  # [N, h, w, 1]
     inputs = gray if temperature is None else [gray, temperature]
+    if guidance is not None:
+        inputs = [gray, *guidance_inputs(guidance, tf.stack([height, width]), working)]
     fake_color = generator(inputs, training=False)  # [N, h, w, 2] in [-1, 1]
 
     # Never taller than the photo: a small photo is one stripe of its own height, not a
@@ -218,15 +246,109 @@ def decode_rgb(data: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
     return tf.ensure_shape(rgb, [None, None, 3])
 
 
-def input_specs(temperature: bool) -> dict[str, list[tf.TensorSpec]]:
+def takes_hints(generator: keras.Model) -> bool:
+    """Whether a generator takes [gray, local_hints, global_hint] besides gray (MODEL=guided).
+
+    The contract (models/hints.py has the tensors): its functional `network` has three inputs,
+    gray [B, H, W, 1], local hints [B, H, W, 3] and a global hint [B, G].
+    """
+    network = getattr(generator, "network", None)
+    return isinstance(network, keras.Model) and len(network.inputs) == 3
+
+
+def hex_colors_to_rgb(colors: tf.Tensor) -> tf.Tensor:
+    """string [...] of "#rrggbb" (either case) -> uint8 [..., 3].
+
+    Anything else raises InvalidArgumentError (TF Serving: HTTP 400) naming the first bad one.
+    """
+    valid = tf.strings.regex_full_match(colors, "#[0-9a-fA-F]{6}")
+    first_bad = tf.concat([tf.boolean_mask(tf.reshape(colors, [-1]), ~tf.reshape(valid, [-1])), [""]], 0)[0]
+    check = tf.debugging.Assert(tf.reduce_all(valid), [tf.strings.join(
+        ["hint colour '", first_bad, "' is not #rrggbb (six hexadecimal digits, e.g. #d02020)"])])  # fmt: skip
+    with tf.control_dependencies([check]):
+        digits = tf.io.decode_raw(tf.strings.substr(tf.where(valid, colors, "#000000"), 1, 6), tf.uint8)
+    # [..., 6] also for no colours at all, where decode_raw cannot know the 6
+    digits = tf.reshape(tf.cast(digits, tf.int32), tf.concat([tf.shape(colors), [6]], 0))
+    # ASCII: "0"-"9" are 48-57; "a"-"f" 97-102, and "A"-"F" 65-70 become those with bit 5 set.
+    values = tf.where(digits <= 57, digits - 48, tf.bitwise.bitwise_or(digits, 32) - 87)
+    return tf.cast(values[..., 0::2] * 16 + values[..., 1::2], tf.uint8)
+
+
+def local_hints(hint_y: tf.Tensor, hint_x: tf.Tensor, hint_colors: tf.Tensor, photo_shape: tf.Tensor,
+                working: tf.Tensor, patch: int = HINT_PATCH) -> tf.Tensor:  # fmt: skip
+    """One photo's hints -> local hints [h, w, 3] at the working size (models/hints.py's layout).
+
+    hint_y, hint_x int32 [K]: a pixel of the H x W photo (photo_shape [2]); hint_colors string
+    [K] "#rrggbb". Each becomes a `patch`-pixel square at the working size `working` [2]
+    = (h, w) holding the colour's Lab ab / 110; the colour's own L is ignored. A hint
+    outside the photo raises InvalidArgumentError (TF Serving: HTTP 400).
+    """
+    points = tf.stack([tf.cast(hint_y, tf.int32), tf.cast(hint_x, tf.int32)], -1)  # [K, 2]
+    photo_shape = tf.cast(photo_shape, tf.int32)
+    inside = tf.reduce_all((points >= 0) & (points < photo_shape), axis=-1)
+    bad = tf.concat([tf.boolean_mask(points, ~inside), [[-1, -1]]], 0)[0]
+    check = tf.debugging.Assert(tf.reduce_all(inside), [tf.strings.format(
+        "hint at x={}, y={} is outside the photo ({} x {} pixels)", (bad[1], bad[0], photo_shape[1], photo_shape[0]))])
+    with tf.control_dependencies([check]):
+        # The working pixel whose area holds the photo pixel's centre.
+        scale = tf.cast(working, tf.float32) / tf.cast(photo_shape, tf.float32)
+        points = tf.minimum(tf.cast(tf.floor((tf.cast(points, tf.float32) + 0.5) * scale), tf.int32), working - 1)
+    ab = color.rgb_to_lab(hex_colors_to_rgb(hint_colors))[..., 1:] / color.AB_SCALE  # [K, 2]
+    return hints.local_hints_from_points(points, ab, working[0], working[1], patch)[0]
+
+
+def reference_hint(reference: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
+    """Encoded reference photo (scalar string; "" for none) -> its global hint [G] (models/hints.py).
+
+    The photo is shrunk to about REFERENCE_SIDE**2 pixels (its ab histogram hardly moves) and
+    must have colour: a mean chroma under MIN_REFERENCE_CHROMA raises InvalidArgumentError
+    (TF Serving: HTTP 400), as does anything `decode_rgb` refuses. "" gives no global hint (zeros).
+    """
+
+    def given() -> tf.Tensor:
+        rgb = decode_rgb(reference, max_pixels)
+        shape = tf.shape(rgb)
+        small = tf.image.resize(rgb, working_shape(shape[0], shape[1], REFERENCE_SIDE, 1), antialias=True)
+        _, ab = color.rgb_to_model(tf.clip_by_value(small / 255.0, 0.0, 1.0))  # [h, w, 2]
+        chroma = tf.reduce_mean(tf.norm(ab, axis=-1)) * color.AB_SCALE
+        check = tf.debugging.Assert(chroma >= MIN_REFERENCE_CHROMA, [tf.strings.format(
+            "the reference photo is gray (mean chroma {}, under {} Lab units): it holds no colour to copy",
+            (tf.round(chroma * 10) / 10, MIN_REFERENCE_CHROMA))])  # fmt: skip
+        with tf.control_dependencies([check]):
+            return hints.global_hint(ab[None])[0]
+
+    return tf.cond(tf.strings.length(reference) > 0, given, lambda: hints.no_global_hint(1)[0])
+
+
+def guidance_inputs(guidance: tuple[tf.Tensor, ...], photo_shape: tf.Tensor,
+                    working: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
+    """(hint_y, hint_x, hint_colors [N, K], reference_bytes [N]) -> (local hints [N, h, w, 3], global hint [N, G])."""
+    hint_y, hint_x, hint_colors, reference = guidance
+    spec = tf.TensorSpec([None, None, 3], tf.float32)
+    local = tf.map_fn(lambda one: local_hints(*one, photo_shape, working), (hint_y, hint_x, hint_colors),
+                      fn_output_signature=spec)  # fmt: skip
+    global_ = tf.map_fn(reference_hint, reference, fn_output_signature=tf.TensorSpec([None], tf.float32))
+    return local, global_
+
+
+def input_specs(temperature: bool, hints: bool = False) -> dict[str, list[tf.TensorSpec]]:
     """signature name -> its inputs in argument order; a spec's name is the request key."""
     temperature_spec = [tf.TensorSpec([None], tf.float32, name="temperature")] if temperature else []
-    return {
+    specs = {
         SERVING_DEFAULT: [tf.TensorSpec([None, None, None, 1], tf.uint8, name="gray"), *temperature_spec],
         COLORIZE_IMAGE: [tf.TensorSpec([None], tf.string, name="image_bytes"), *temperature_spec],
         COLORIZE_AT_SIZE: [tf.TensorSpec([None, None, None, 3], tf.uint8, name="image"),
                            tf.TensorSpec([], tf.int32, name="working_size"), *temperature_spec],
     }  # fmt: skip
+    if hints:
+        if temperature:
+            raise ValueError("a generator that takes hints and a temperature is not supported by the export")
+        guidance = [tf.TensorSpec([None, None], tf.int32, name="hint_y"), tf.TensorSpec([None, None], tf.int32, name="hint_x"),
+                    tf.TensorSpec([None, None], tf.string, name="hint_colors"),
+                    tf.TensorSpec([None], tf.string, name="reference_bytes")]  # fmt: skip
+        specs[COLORIZE_GUIDED_IMAGE] = [tf.TensorSpec([None], tf.string, name="image_bytes"), *guidance]
+        specs[COLORIZE_GUIDED] = [*specs[COLORIZE_AT_SIZE], *guidance]
+    return specs
 
 
 def _signature_functions(generator: keras.Model, working_size: int, stride: int,
@@ -249,17 +371,31 @@ def _signature_functions(generator: keras.Model, working_size: int, stride: int,
     def colorize_at_size(image: tf.Tensor, size: tf.Tensor, *temperature: tf.Tensor) -> dict[str, tf.Tensor]:
         return {OUTPUTS[COLORIZE_AT_SIZE]: colorize_pixels(generator, image, size, stride, *temperature)}
 
-    return {SERVING_DEFAULT: serving_default, COLORIZE_IMAGE: colorize_image, COLORIZE_AT_SIZE: colorize_at_size}
+    def colorize_guided_image(image_bytes: tf.Tensor, *guidance: tf.Tensor) -> dict[str, tf.Tensor]:
+        def one(args: tuple) -> tf.Tensor:
+            data, *per_image = args
+            rgb = colorize_pixels(generator, decode_rgb(data, max_pixels)[None], working_size, stride,
+                                  guidance=tuple(value[None] for value in per_image))  # fmt: skip
+            return tf.io.encode_png(rgb[0])
+
+        return {OUTPUTS[COLORIZE_GUIDED_IMAGE]: tf.map_fn(one, (image_bytes, *guidance), fn_output_signature=tf.string)}
+
+    def colorize_guided(image: tf.Tensor, size: tf.Tensor, *guidance: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUTS[COLORIZE_GUIDED]: colorize_pixels(generator, image, size, stride, guidance=guidance)}
+
+    return {SERVING_DEFAULT: serving_default, COLORIZE_IMAGE: colorize_image, COLORIZE_AT_SIZE: colorize_at_size,
+            COLORIZE_GUIDED_IMAGE: colorize_guided_image, COLORIZE_GUIDED: colorize_guided}  # fmt: skip
 
 
 def write(generator: keras.Model, path: str | Path, working_size: int, stride: int, temperature: bool,
-          max_pixels: int = MAX_PIXELS) -> None:  # fmt: skip
-    """Write the SavedModel with every signature into `path` (which must not exist yet)."""
+          max_pixels: int = MAX_PIXELS, hints: bool = False) -> None:  # fmt: skip
+    """Write the SavedModel with every signature into `path` (which must not exist yet);
+    `hints`: the generator takes them (`takes_hints`), and the guided signatures are added."""
     archive = keras.export.ExportArchive()
     # No archive.track(generator): the endpoints capture its variables, and tracking them too
     # stores every weight twice (keras-team/keras#23553: twice the size, twice the memory
     # in TF Serving).
     functions = _signature_functions(generator, working_size, stride, max_pixels)
-    for name, specs in input_specs(temperature).items():
+    for name, specs in input_specs(temperature, hints).items():
         archive.add_endpoint(name, functions[name], input_signature=specs)
     archive.write_out(str(path), verbose=False)

@@ -26,24 +26,37 @@ MODELS_CONFIG = "models.config"
 WARMUP_SIDE = 64  # small: warm-up only has to trigger the one-off work of each signature
 
 
-def warmup_inputs(temperature: float | None) -> dict[str, dict[str, np.ndarray]]:
-    """signature -> the inputs of its warm-up request: a gray gradient, as raw pixels and as a PNG."""
+def warmup_inputs(temperature: float | None, hints: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """signature -> the inputs of its warm-up request: a gray gradient, as raw pixels and as a PNG;
+    for a model that takes hints also two hints and a colour reference (every part of the guided graph runs)."""
     gray = np.tile(np.linspace(0, 255, WARMUP_SIDE).astype(np.uint8), (WARMUP_SIDE, 1))[..., None]  # [H, W, 1]
     png = io.BytesIO()
     Image.fromarray(gray[..., 0]).save(png, format="PNG")
     temperatures = {} if temperature is None else {"temperature": np.array([temperature], np.float32)}
-    return {
+    inputs = {
         savedmodel.SERVING_DEFAULT: {"gray": gray[None], **temperatures},
         savedmodel.COLORIZE_IMAGE: {"image_bytes": np.array([png.getvalue()], object), **temperatures},
     }
+    if hints:
+        reference = io.BytesIO()
+        Image.fromarray(np.stack([255 - gray[..., 0], gray[..., 0], np.full_like(gray[..., 0], 96)], -1)).save(
+            reference, format="PNG")  # fmt: skip
+        inputs[savedmodel.COLORIZE_GUIDED_IMAGE] = {
+            "image_bytes": np.array([png.getvalue()], object),
+            "hint_y": np.array([[8, WARMUP_SIDE - 8]], np.int32),
+            "hint_x": np.array([[8, WARMUP_SIDE // 2]], np.int32),
+            "hint_colors": np.array([["#d02020", "#2040c0"]], object),
+            "reference_bytes": np.array([reference.getvalue()], object),
+        }
+    return inputs
 
 
-def write_warmup(export_dir: Path, model_name: str, temperature: float | None) -> Path:
+def write_warmup(export_dir: Path, model_name: str, temperature: float | None, hints: bool = False) -> Path:
     """Write the warm-up TFRecord of PredictionLogs into `export_dir`; returns its path."""
     path = export_dir / WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature, inputs in warmup_inputs(temperature).items():
+        for signature, inputs in warmup_inputs(temperature, hints).items():
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
             )

@@ -113,6 +113,20 @@ class _FakeServingHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def do_GET(self) -> None:
+        """GET <model>/metadata: the signatures, as TF Serving lists them (names only matter here)."""
+        if self.path != f"{self.server.path_prefix}/metadata":
+            answer, status = {"error": f"no such model path {self.path}"}, 404
+        else:
+            names = {name: {"method_name": "tensorflow/serving/predict"} for name in self.server.loaded.signatures}
+            answer, status = {"metadata": {"signature_def": {"signature_def": names}}}, 200
+        body = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self) -> None:
         try:
             if self.path != f"{self.server.path_prefix}:predict":

@@ -10,6 +10,13 @@
     GET  /turing/<id>               the pair and the question, or (once answered) the verdict
     POST /turing/<id>               field `choice`: left | right, the side picked as real
     GET  /turing/<id>/<side>.png    one image of the pair
+For a model that takes hints (MODEL=guided) the result page also places colour hints and
+takes a reference photo:
+    POST /result/<id>/guide         fields `hints` (JSON list of {"x", "y", "colour"} in the photo's
+                                    pixels), `reference` (a photo file, optional), `clear_reference`
+                                    -> JSON {"colorized": preview URL, "download": URL, "version": n}
+                                    or {"error": why} with 400 (bad hints or reference) or 502
+    GET  /result/<id>/reference.png the reference in use
 Errors are pages with their status: 400 for a non-image, 413 for an upload over the
 limits, 404 for an unknown result, 502 when the TF Serving server fails. The app colorizes
 through any function uint8 RGB -> uint8 RGB: a loaded export (export/inference.py) or a
@@ -20,6 +27,7 @@ server, with every queue bounded.
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import threading
 from collections import OrderedDict
@@ -33,6 +41,8 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from export.client import ServingError
+from export.guidance import GuidanceError, check_reference, outside, parse_hints
+from export.guidance import png_bytes as reference_png
 from export.images import UnusableImage, load_photo
 from export.web.turing import SIDES, Answers, Pairs, Trial
 
@@ -48,6 +58,9 @@ class Result(NamedTuple):
     gray_preview: bytes  # PNG
     color_preview: bytes  # PNG
     color: bytes  # PNG at full resolution
+    photo: bytes = b""  # the upload as PNG at full resolution, kept to colorize again with hints (guided models)
+    reference: bytes = b""  # PNG of the reference photo in use, shrunk (export/guidance.py); b"" for none
+    version: int = 0  # counts the colorizations with hints, so that browsers fetch the new images
 
 
 def shrink(image: np.ndarray, side: int) -> np.ndarray:
@@ -82,7 +95,7 @@ def megabytes(size: int) -> str:
 
 
 def _result_bytes(result: Result) -> int:
-    return len(result.gray_preview) + len(result.color_preview) + len(result.color)
+    return len(result.gray_preview) + len(result.color_preview) + len(result.color) + len(result.photo)
 
 
 def make_server(app: flask.Flask, host: str, port: int, max_upload_bytes: int, threads: int = 4,
@@ -103,18 +116,20 @@ def make_server(app: flask.Flask, host: str, port: int, max_upload_bytes: int, t
                                   clear_untrusted_proxy_headers=True)  # fmt: skip
 
 
-def create_app(colorize: Callable[[np.ndarray], np.ndarray], label: str, photos: list[Path], db_path: Path,
-               max_upload_bytes: int = 20 * 2**20, max_pixels: int = 50_000_000) -> flask.Flask:  # fmt: skip
+def create_app(colorize: Callable[..., np.ndarray], label: str, photos: list[Path], db_path: Path,
+               max_upload_bytes: int = 20 * 2**20, max_pixels: int = 50_000_000, guided: bool = False) -> flask.Flask:  # fmt: skip
     """The app. `colorize`: uint8 RGB [H, W, 3] -> uint8 RGB [H, W, 3]; `label` names the model
-    on the pages and in the answers; `photos`: the real photos of the Turing test."""
+    on the pages and in the answers; `photos`: the real photos of the Turing test. With
+    `guided` (a model that takes hints), `colorize(rgb, hints=..., reference=...)` also takes
+    hints (export/guidance.py) and an encoded reference photo, and result pages can place them."""
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     busy = threading.Lock()
 
-    def one_at_a_time(rgb: np.ndarray) -> np.ndarray:
+    def one_at_a_time(rgb: np.ndarray, **guidance: object) -> np.ndarray:
         # A colorization uses every core and, for a big photo, much memory: requests queue.
         with busy:
-            return colorize(rgb)
+            return colorize(rgb, **guidance) if guidance else colorize(rgb)
 
     results: OrderedDict[str, Result] = OrderedDict()
     results_lock = threading.Lock()
@@ -123,7 +138,7 @@ def create_app(colorize: Callable[[np.ndarray], np.ndarray], label: str, photos:
 
     def page(template: str, status: int = 200, **values: object) -> tuple[str, int]:
         fooled, answered = answers.fooling_rate(label)
-        return flask.render_template(template, label=label, fooled=fooled, answered=answered,
+        return flask.render_template(template, label=label, fooled=fooled, answered=answered, guided=guided,
                                      max_upload=megabytes(max_upload_bytes), **values), status  # fmt: skip
 
     @app.errorhandler(HTTPException)
@@ -152,13 +167,68 @@ def create_app(colorize: Callable[[np.ndarray], np.ndarray], label: str, photos:
         except ServingError as failed:
             return page("error.html", 502, title="The model server failed", message=str(failed))
         previews = png(gray_of(shrink(rgb, PREVIEW_SIDE))), png(shrink(colorized, PREVIEW_SIDE))
-        result = Result(Path(upload.filename).name, (rgb.shape[1], rgb.shape[0]), *previews, png(colorized))
+        result = Result(Path(upload.filename).name, (rgb.shape[1], rgb.shape[0]), *previews, png(colorized),
+                        photo=png(rgb) if guided else b"")  # fmt: skip
         token = secrets.token_urlsafe(12)
+        keep(token, result)
+        return flask.redirect(flask.url_for("result", token=token), 303)
+
+    def keep(token: str, result: Result) -> None:
         with results_lock:
             results[token] = result
+            results.move_to_end(token)
             while len(results) > 1 and sum(map(_result_bytes, results.values())) > KEPT_BYTES:
                 results.popitem(last=False)
-        return flask.redirect(flask.url_for("result", token=token), 303)
+
+    def guide_error(status: int, message: str) -> tuple[flask.Response, int]:
+        return flask.jsonify(error=message), status
+
+    @app.post("/result/<token>/guide")
+    def guide(token: str) -> flask.Response | tuple[flask.Response, int]:
+        found = find(token)
+        if not guided:
+            return guide_error(400, f"{label} takes no hints or reference photo")
+        width, height = found.size
+        try:
+            hints = parse_hints(json.loads(flask.request.form.get("hints") or "[]"), "hints")
+        except ValueError as error:  # not JSON
+            return guide_error(400, f"hints: not JSON ({error})")
+        except GuidanceError as error:
+            return guide_error(400, str(error))
+        why = outside(hints, height, width)
+        if why:
+            return guide_error(400, f"hints: {why}")
+        reference = b"" if flask.request.form.get("clear_reference") else found.reference
+        upload = flask.request.files.get("reference")
+        if upload is not None and upload.filename:
+            try:
+                reference = reference_png(check_reference(load_photo(upload.stream, max_pixels, name=upload.filename),
+                                                          upload.filename))  # fmt: skip
+            except UnusableImage as unusable:
+                return guide_error(400, f"{upload.filename}: {unusable.reason}")
+            except GuidanceError as error:
+                return guide_error(400, str(error))
+        rgb = np.asarray(Image.open(io.BytesIO(found.photo)).convert("RGB"))
+        try:
+            colorized = one_at_a_time(rgb, hints=hints, reference=reference)
+        except ServingError as failed:
+            return guide_error(502, str(failed))
+        result = found._replace(color_preview=png(shrink(colorized, PREVIEW_SIDE)), color=png(colorized),
+                                reference=reference, version=found.version + 1)  # fmt: skip
+        keep(token, result)
+        return flask.jsonify(
+            colorized=flask.url_for("preview", token=token, kind="color", v=result.version),
+            download=flask.url_for("download", token=token, v=result.version),
+            reference=flask.url_for("reference", token=token, v=result.version) if reference else None,
+            hints=[hint._asdict() for hint in hints], version=result.version,
+        )
+
+    @app.get("/result/<token>/reference.png")
+    def reference(token: str) -> flask.Response:
+        found = find(token)
+        if not found.reference:
+            flask.abort(404, "No reference photo is in use.")
+        return flask.send_file(io.BytesIO(found.reference), mimetype="image/png")
 
     def find(token: str) -> Result:
         with results_lock:

@@ -4,7 +4,8 @@
     python -m export.web --serving-url http://localhost:8501/v1/models/cgan
 
 With --model the app loads the export itself; with --serving-url it sends every photo to
-a TF Serving server instead. It runs on waitress, a production WSGI server (see
+a TF Serving server instead. For a model that takes hints (MODEL=guided) the result page
+places colour hints with a click and takes a reference photo. It runs on waitress, a production WSGI server (see
 `make_server` for what stays bounded under load); behind a reverse proxy for HTTPS.
 """
 
@@ -66,11 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         photos = sample_photos()
 
     if args.serving_url:
-        from export.client import ServingClient
+        from export.client import ServingClient, ServingError
 
         client = ServingClient(args.serving_url)
         colorize, label = functools.partial(client.colorize, temperature=args.temperature), client.label
         db = args.db or Path("turing.sqlite")
+        try:
+            guided = client.takes_hints()  # the page places hints only for a model that takes them
+        except ServingError as error:  # a server still starting: photos get colour once it is up
+            guided = False
+            print(f"make serve: cannot read the model's signatures ({error}); the page offers no hints",
+                  file=sys.stderr)  # fmt: skip
     else:
         from export import PRETRAINED
         from export.inference import Colorizer, ExportNotFound
@@ -81,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make serve: {error}", file=sys.stderr)
             return 2
         colorize, label = functools.partial(colorizer.colorize, temperature=args.temperature), colorizer.label
+        guided = colorizer.takes_hints
         # answers about the shipped model stay out of the installed package
         db = args.db or (colorizer.path.parent if args.model else Path.cwd()) / "turing.sqlite"
 
     max_upload_bytes = int(args.max_upload_mb * 2**20)
-    app = create_app(colorize, label, photos, db, max_upload_bytes, args.max_pixels)
+    app = create_app(colorize, label, photos, db, max_upload_bytes, args.max_pixels, guided)
     server = make_server(app, args.host, args.port, max_upload_bytes, args.threads, args.connections)
     print(f"serving {label} on http://{args.host}:{server.effective_port}/ (answers in {db}); Ctrl-C stops",
           file=sys.stderr, flush=True)  # fmt: skip
