@@ -13,6 +13,9 @@ MODE ?=
 OUT ?= data/shards
 # DOMAIN=gray: gray-only tiles (old scans, no colour truth) for cyclegan's GRAY_DATA
 DOMAIN ?=
+# RUNNER=beam: the same job as an Apache Beam pipeline (pip install -e '.[beam]'); the Beam
+# runner and its options in ARGS: --beam-runner=DataflowRunner --beam-option=--project=...
+RUNNER ?=
 ARGS ?=
 
 # make train
@@ -23,6 +26,8 @@ RUN ?= runs/$(MODEL)
 GRAY_DATA ?=
 STEPS ?=
 EPOCHS ?=
+# WORKERS=N: N local worker processes train the run together (python -m train.workers)
+WORKERS ?=
 
 # make bench PEER_SRC=... PEER_PYTHON=...: the project side by side with the PyTorch
 # references instead of its own benchmarks (train/peer_bench.py). PEER_SRC holds clones of
@@ -39,19 +44,22 @@ SERVING_URL ?=
 EXPORT ?=
 CLASSIFIER ?=
 
-.PHONY: help setup data train export serve evaluate classifier demo pretrained test bench clean
+.PHONY: help setup data train export serve evaluate classifier demo pretrained test test-beam bench bench-beam clean
 
 help:
 	@echo "make demo                 the whole pipeline on the sample photos that scikit-image ships"
 	@echo "make test                 the test suite"
-	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... [DOMAIN=gray] ARGS='--key=value ...'"
+	@echo "make test-beam            make data RUNNER=beam's tests, in .venv-beam with Apache Beam"
+	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... [DOMAIN=gray] [RUNNER=beam] ARGS='--key=value ...'"
 	@echo "make train MODEL=cgan|regression|zhang|iizuka|cyclegan DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
 	@echo "make train MODEL=cyclegan DATA=<colour shards> GRAY_DATA=<shards of DOMAIN=gray> ...   unpaired, from real gray photos"
+	@echo "make train WORKERS=2 ...  one run trained by 2 local worker processes (MultiWorkerMirroredStrategy)"
 	@echo "make export RUN=runs/<name> [VERSION=n]   a SavedModel for TF Serving in exports/"
 	@echo "make serve [EXPORT=exports/cgan] [SERVING_URL=http://host:8501/v1/models/cgan]   (default: the shipped colorizer)"
 	@echo "make evaluate RUN=runs/<name> DATA=<shards or photos> [EXPORT=exports/<name>] [ARGS=...]"
 	@echo "make classifier DATA=<CIFAR-10 shards>  the classifier of the semantic-interpretability metric"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
+	@echo "make bench-beam           make data on Beam's DirectRunner against the local writer, into BENCHMARKS.md"
 	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>]   retrain the shipped colorizer (~80 min)"
 	@echo "make bench PEER_SRC=... PEER_PYTHON=... [PEER_BENCH=...] [ARGS='--rounds=3 --iters=5 ...']"
 	@echo "                          side by side with the PyTorch references, into BENCHMARKS.md"
@@ -66,10 +74,10 @@ setup: $(READY)
 
 data: $(READY)
 	$(PY) -m preprocess --source='$(SOURCE)' --size=$(SIZE) $(if $(MODE),--mode=$(MODE)) $(if $(DOMAIN),--domain=$(DOMAIN)) \
-		--out='$(OUT)' $(ARGS)
+		--out='$(OUT)' $(if $(RUNNER),--runner=$(RUNNER)) $(ARGS)
 
 train: $(READY)
-	$(PY) -m train --model=$(MODEL) --data='$(DATA)' --run='$(RUN)' $(if $(STEPS),--steps=$(STEPS)) \
+	$(PY) $(if $(WORKERS),-m train.workers --workers=$(WORKERS) --,-m train) --model=$(MODEL) --data='$(DATA)' --run='$(RUN)' $(if $(STEPS),--steps=$(STEPS)) \
 		$(if $(EPOCHS),--epochs=$(EPOCHS)) $(if $(GRAY_DATA),--gray_data='$(GRAY_DATA)') $(ARGS)
 
 # The demo's training budget: a few minutes on two cores; the pictures show a colorizer
@@ -132,6 +140,24 @@ demo: $(READY)
 
 test: $(READY)
 	$(PY) -m pytest -q -n 2 --dist=loadfile
+
+# Apache Beam caps Pillow, protobuf and pyarrow below what the base install takes (setup.cfg),
+# so its tests run in a virtual environment of their own, with the tests of what those pins touch.
+BEAM_VENV ?= .venv-beam
+
+$(BEAM_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BEAM_VENV)/bin/python -m pip install --quiet -e '.[dev,beam]'
+	touch $@
+
+test-beam: $(BEAM_VENV)/.installed
+	$(BEAM_VENV)/bin/python -m pytest -q -n 2 --dist=loadfile tests/test_beam.py tests/test_preprocess.py tests/test_images.py
+
+# make bench-beam [ARGS='--cases=photos,cifar10,tiny --per-class=cifar10:N,tiny:M']: make data on Beam's
+# DirectRunner against the local writer, with a check that both wrote the same; into BENCHMARKS.md
+bench-beam: $(BEAM_VENV)/.installed
+	$(BEAM_VENV)/bin/python -m preprocess.beam_bench $(ARGS)
 
 bench: $(READY)
 ifneq ($(PEER_SRC)$(PEER_PYTHON),)

@@ -10,7 +10,7 @@ keep, skip and split the same photos and tiles; only the plumbing differs:
 
     launcher    sources.plan, as the local writer: the photo list, grouped into read units
     Create(units) | Reshuffle          spread the units over the workers
-      | ParDo(_TilePhotos)           sources.read + shards.photo_tiles, one element a photo
+      | ParDo(TilePhotos)            sources.read + shards.photo_tiles, one element a photo
       | per split: FlatMap(examples) | WriteToTFRecord   {split}-SSSSS-of-NNNNN.tfrecord
       | train tiles | CombineGlobally(AbPrior)          the ab prior (a Beam combine)
       | CombineGlobally(Report)                        counts and skips, in plan order
@@ -25,9 +25,10 @@ comes last, so a failed run leaves no partial shard beside a manifest. A failed 
 resumed chunk by chunk as the local writer's is: the runner retries failed work itself, and
 running the same command again starts over.
 
-OUT may be any path Beam's file systems know (a local folder, gs://, s3://, hdfs://); the
+OUT may be any path Beam's file systems know (a local folder, gs://, s3://, hdfs://). The
 photos are listed by the launcher and read by the workers, so they must be at a path both
-see (a local folder for the DirectRunner, a shared one for Flink or Spark on a cluster).
+see: a local folder for the DirectRunner; on a cluster `folder:gs://...` (sources.py reads
+URLs through tf.io.gfile) or a mount at the same path on every machine.
 """
 
 from __future__ import annotations
@@ -273,9 +274,9 @@ def _write_text(path: str, text: str) -> None:
 
 def _clear(out: str) -> None:
     """Removes what earlier runs wrote into OUT, and nothing else."""
-    stale = [path for pattern in ("*.tfrecord", ".*.tmp-*", MANIFEST, f"{shards.PARTS}/*")
+    # beam-temp-*: the folders Beam's file sinks write in before their rename, left by a failed run
+    stale = [path for pattern in ("*.tfrecord", ".*.tmp-*", MANIFEST, f"{shards.PARTS}/*", "beam-temp-*")
              for path in _matching(_join(out, pattern))]  # fmt: skip
-    stale += [path for path in _matching(_join(out, "beam-temp-*"))]  # Beam's own temporaries of a failed run
     if stale:
         FileSystems.delete(stale)
 

@@ -2,7 +2,9 @@
 
 SPEC is one of
     samples                 the colour photos scikit-image and scikit-learn ship (no network)
-    folder:PATH             every JPEG, PNG, BMP, TIFF or WebP under PATH, recursively
+    folder:PATH             every JPEG, PNG, BMP, TIFF or WebP under PATH, recursively; PATH
+                            may be a URL TensorFlow's file systems read (gs://; s3:// and
+                            hdfs:// with tensorflow-io), where a cluster's workers find it
     cifar10:PATH            CIFAR-10 as python-pickle batches (cifar-10-batches-py) or as
                             JPEG folders PATH/{train,test}/<class>/*.jpg; labels kept
     imagefolder:PATH        one sub-folder per class, PATH/<class>/... (torchvision's layout) or
@@ -17,6 +19,7 @@ photos are hashed into train or val, "test" and "val" photos keep that split.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -110,6 +113,10 @@ def plan(spec: str, images_per_chunk: int, tfds_dir: str | None = None) -> Plan:
         raise SourceError(f"source {spec!r} needs a value after ':', for example {kind}:PATH")
     if kind == "tfds":
         return _plan_tfds(argument, images_per_chunk, tfds_dir)
+    if "://" in argument:
+        if kind != "folder":
+            raise SourceError(f"{spec}: only folder: reads from a URL (gs://, ...); {kind}: needs a local path")
+        return _plan_url_folder(argument.rstrip("/"), images_per_chunk)
     return planners[kind](Path(argument).expanduser(), images_per_chunk)
 
 
@@ -166,6 +173,23 @@ def _plan_folder(root: Path, images_per_chunk: int) -> Plan:
     paths = list_images(root, skipped)
     items = [(path.relative_to(root).as_posix(), str(path), NO_LABEL) for path in paths]
     return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items), skipped=skipped)
+
+
+def _plan_url_folder(root: str, images_per_chunk: int) -> Plan:
+    """folder:gs://bucket/photos (or s3://, hdfs://, file://): the photos in object storage,
+    where the workers of a cluster runner (Dataflow, ...) read them; listed and read through
+    TensorFlow's file systems (`tf.io.gfile`), in sorted order of their paths."""
+    import tensorflow as tf
+
+    try:
+        if not tf.io.gfile.isdir(root):
+            raise SourceError(f"folder:{root}: not found, or not a folder")
+        paths = sorted(tf.io.gfile.join(folder, name) for folder, _, names in tf.io.gfile.walk(root)
+                       for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+    except tf.errors.OpError as error:
+        raise SourceError(f"folder:{root}: cannot be listed: {error.message}") from None
+    items = [(path[len(root) + 1 :], path, NO_LABEL) for path in paths]
+    return Plan(_chunked("files", items, "trainval", images_per_chunk), len(items))
 
 
 # Sub-folders of an imagefolder source that name a split rather than a class, and the split
@@ -350,9 +374,21 @@ def read(chunk: Chunk, max_pixels: int, gray: bool = False) -> Iterator[Record]:
 def _read_files(items: tuple, max_pixels: int, gray: bool) -> Iterator[Record]:
     for source_id, path, label in items:
         try:
-            yield Record(source_id, path, label, rgb=load_rgb(path, max_pixels, gray=gray))
+            photo = _from_url(path) if "://" in path else path
+            yield Record(source_id, path, label, rgb=load_rgb(photo, max_pixels, name=path, gray=gray))
         except UnusableImage as error:
             yield Record(source_id, path, label, error=error.reason)
+
+
+def _from_url(url: str) -> io.BytesIO:
+    """The bytes of a photo in object storage (`_plan_url_folder`), read whole: Pillow seeks."""
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(url, "rb") as file:
+            return io.BytesIO(file.read())
+    except tf.errors.OpError as error:
+        raise UnusableImage(url, f"cannot read: {error.message.rpartition('; ')[2] or error.message}") from None
 
 
 _cifar_cache: dict[str, dict] = {}

@@ -17,7 +17,7 @@ from PIL import Image
 
 import preprocess
 from preprocess import __main__ as preprocess_cli
-from preprocess import dataset, shards
+from preprocess import dataset, shards, sources
 from tests.test_preprocess import bad_files, make, photo, photo_folder, write_cifar_batches
 
 try:
@@ -135,6 +135,28 @@ def test_beam_reads_a_prepared_tfds_dataset_as_the_local_writer(tmp_path):
     local_manifest, _ = make(tmp_path / "local", **options)
     beam_manifest, _ = make_beam(tmp_path / "beam", **options)
     assert_same_output(tmp_path / "local", tmp_path / "beam", local_manifest, beam_manifest)
+
+
+@needs_beam
+def test_a_folder_given_as_a_url_is_read_by_both_writers(tmp_path):
+    # file:// goes through the same tf.io.gfile calls as gs:// on Dataflow
+    root = photo_folder(tmp_path / "photos", 4)
+    (root / "nested" / "deeper" / "empty.jpg").write_bytes(b"")
+    options = dict(source=f"folder:file://{root}/", size=32, val_fraction=0.0)
+    local_manifest, _ = make(tmp_path / "local", **options)
+    beam_manifest, _ = make_beam(tmp_path / "beam", **options)
+    assert_same_output(tmp_path / "local", tmp_path / "beam", local_manifest, beam_manifest)
+    assert beam_manifest["splits"]["train"]["images"] == 4
+    assert beam_manifest["skipped_files"] == [{"source": f"file://{root}/nested/deeper/empty.jpg", "reason": "empty file"}]
+    ids = {record[0] for record in tile_multiset(tmp_path / "beam", "train")}
+    assert ids == {b"photo01.png", b"photo02.jpg", b"nested/deeper/photo00.jpg", b"nested/deeper/photo03.png"}
+
+
+def test_only_folder_sources_read_from_urls(tmp_path):
+    with pytest.raises(sources.SourceError, match="only folder: reads from a URL"):
+        sources.plan("imagefolder:gs://bucket/photos", images_per_chunk=10)
+    with pytest.raises(sources.SourceError, match="not found, or not a folder"):
+        sources.plan(f"folder:file://{tmp_path}/nowhere", images_per_chunk=10)
 
 
 @needs_beam

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image, ImageFile
 
@@ -223,8 +224,17 @@ def test_unreadable_permissions(tmp_path):
     assert _reason(path) == "cannot read: Permission denied"
 
 
+# Apache Beam 2.77 caps Pillow below 13, so `.[beam]` installs Pillow 12, which reads an
+# uncompressed YCbCr TIFF's pixels as RGBX and reports the file truncated (fixed in Pillow 13).
+PILLOW_12_YCBCR = pytest.mark.xfail(
+    int(PIL.__version__.split(".")[0]) < 13, strict=True,
+    reason="Pillow 12 (what Apache Beam's extra installs) cannot read uncompressed YCbCr TIFFs",
+)  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "mode, suffix", [("YCbCr", "tif"), ("LAB", "tif"), ("P", "png"), ("PA", "tif")]
+    "mode, suffix",
+    [pytest.param("YCbCr", "tif", marks=PILLOW_12_YCBCR), ("LAB", "tif"), ("P", "png"), ("PA", "tif")],
 )
 def test_other_file_modes_convert_to_rgb(tmp_path, mode, suffix):
     img = Image.new("RGB", (6, 6), RED)
