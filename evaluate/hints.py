@@ -94,28 +94,31 @@ def psnr_by_points(generator, rgb: np.ndarray, global_hints: dict[str, np.ndarra
                    patch: int, batch_size: int = 50, seed: int = 0) -> dict[str, dict[int, list[float]]]:  # fmt: skip
     """Per-image PSNRs {global hint name: {N: [PSNR per photo]}} of uint8 RGB photos [M, S, S, 3].
 
-    global_hints: name -> [M, G] global hints, or None for none.
+    global_hints: name -> [M, G] global hints, or None for none. Photo i's hints are the
+    first N of max(points) patches drawn with the stateless seed (seed, i): the same
+    whatever the batch, and nested from one count to the next.
     """
-    most = max(points)
+    height, width = rgb.shape[1:3]
+    placed = [hints.sample_patches(tf.constant([seed, i], tf.int64), 1, height, width, max(points), (patch,))
+              for i in range(len(rgb))]  # fmt: skip
+    corners = tf.concat([corner for corner, _ in placed], 0)  # [M, K, 2]
+    sides = tf.concat([side for _, side in placed], 0)  # [M, K]
 
     @tf.function(reduce_retracing=True)
-    def colorize(gray, real_color, global_hint, n, seeds):
-        local = tf.map_fn(lambda args: hints.sample_local_hints(args[0][None], args[1], points=n, patch_sizes=(patch,),
-                                                                max_points=most)[0],  # fmt: skip
-                          (real_color, seeds), fn_output_signature=tf.float32)
-        fake_color = generator([gray, local, global_hint], training=False)
-        return color.model_to_rgb(gray, fake_color)
+    def colorize(gray, local, global_hint):
+        return color.model_to_rgb(gray, generator([gray, local, global_hint], training=False))
 
+    truth_hints = tf.function(lambda *args: hints.patches_of_truth(*args, largest=patch), reduce_retracing=True)
     scores = {name: {n: [] for n in points} for name in global_hints}
     for start in range(0, len(rgb), batch_size):
         truth = rgb[start:start + batch_size]
         gray, real_color = color.rgb_to_model(truth)
-        # one seed per photo (not per batch), so that results do not depend on --batch
-        seeds = tf.stack([tf.fill([len(truth)], seed), tf.range(start, start + len(truth))], axis=1)
-        for name, values in global_hints.items():
-            global_hint = hints.no_global_hint(len(truth)) if values is None else tf.constant(values[start:start + len(truth)])
-            for n in points:
-                output = colorize(gray, real_color, global_hint, tf.constant(n), tf.cast(seeds, tf.int64)).numpy()
+        chosen = slice(start, start + len(truth))
+        for n in points:
+            local = truth_hints(real_color, corners[chosen], sides[chosen], tf.fill([len(truth)], n))
+            for name, values in global_hints.items():
+                global_hint = hints.no_global_hint(len(truth)) if values is None else tf.constant(values[chosen])
+                output = colorize(gray, local, global_hint).numpy()
                 scores[name][n] += [metrics.psnr(t, o) for t, o in zip(truth, output)]
     return scores
 

@@ -110,26 +110,46 @@ def sample_local_hints(color_ab: tf.Tensor, rng: tf.random.Generator | tf.Tensor
     """
     color_ab = tf.cast(color_ab, tf.float32)
     shape = tf.shape(color_ab)
-    batch, height, width = shape[0], shape[1], shape[2]
+    batch = shape[0]
     if isinstance(points, int):
         max_points = max(max_points, points)
-    k = max_points
     if points is None:
         # inverse CDF of the geometric distribution: floor(log U / log(1 - p)), U in (0, 1]
         uniform = 1.0 - _uniform(rng, [batch], seed_index=0)
         count = tf.cast(tf.floor(tf.math.log(uniform) / math.log(1.0 - point_probability)), tf.int32)
     else:
         count = tf.broadcast_to(tf.cast(points, tf.int32), [batch])
-    count = tf.minimum(count, k)  # [B]
+    corner, side = sample_patches(rng, batch, shape[1], shape[2], max_points, patch_sizes)
+    return patches_of_truth(color_ab, corner, side, count, max(patch_sizes))
 
+
+def sample_patches(rng: tf.random.Generator | tf.Tensor, batch: int | tf.Tensor, height: int | tf.Tensor,
+                   width: int | tf.Tensor, points: int, patch_sizes: tuple[int, ...] = PATCH_SIZES,
+                   ) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
+    """Where `points` patches per image go, as sample_local_hints places them: (corner [B, K, 2]
+    int32 (row, column of the top left), side [B, K] int32 drawn uniformly from `patch_sizes`).
+
+    Corners are Gaussian around the image centre with a quarter of the room left as
+    deviation, clipped into the image.
+    """
     sizes = tf.constant(patch_sizes, tf.int32)
-    side = tf.gather(sizes, _uniform(rng, [batch, k], 0, len(patch_sizes), tf.int32, seed_index=1))  # [B, K]
-    room = tf.cast(tf.stack([height, width]), tf.float32)[None, None, :] - tf.cast(side, tf.float32)[..., None] + 1.0
-    corner = _normal(rng, [batch, k, 2], seed_index=2) * room / 4.0 + room / 2.0  # [B, K, 2] (y, x)
-    corner = tf.cast(tf.clip_by_value(tf.floor(corner), 0.0, room - 1.0), tf.int32)
+    side = tf.gather(sizes, _uniform(rng, [batch, points], 0, len(patch_sizes), tf.int32, seed_index=1))  # [B, K]
+    image = tf.cast(tf.stack([height, width]), tf.float32)
+    room = image[None, None, :] - tf.cast(side, tf.float32)[..., None] + 1.0  # [B, K, 2]
+    corner = _normal(rng, [batch, points, 2], seed_index=2) * room / 4.0 + room / 2.0  # [B, K, 2] (y, x)
+    return tf.cast(tf.clip_by_value(tf.floor(corner), 0.0, room - 1.0), tf.int32), side
 
-    mean = _patch_means(color_ab, corner, side, max(patch_sizes))  # [B, K, 2]
-    return _paint(color_ab, corner, side, mean, tf.sequence_mask(count, k))
+
+def patches_of_truth(color_ab: tf.Tensor, corner: tf.Tensor, side: tf.Tensor, count: tf.Tensor,
+                     largest: int = max(PATCH_SIZES)) -> tf.Tensor:  # fmt: skip
+    """Local hints [B, H, W, 3] from the first `count` [B] of the patches (corner [B, K, 2], side [B, K]
+    of at most `largest` pixels) of color [B, H, W, 2], each set to the truth's mean colour over it;
+    later patches win where they overlap."""
+    color_ab = tf.cast(color_ab, tf.float32)
+    points = tf.shape(side)[1]
+    mean = _patch_means(color_ab, corner, side, largest)  # [B, K, 2]
+    active = tf.sequence_mask(tf.minimum(tf.cast(count, tf.int32), points), points)  # [B, K]
+    return _paint(color_ab, corner, side, mean, active)
 
 
 def local_hints_from_points(points_yx: tf.Tensor, ab: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor,
