@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import tensorflow as tf
 
 from models.config import check
 
@@ -17,14 +18,46 @@ from models.config import check
 INITIALIZER_STDDEV = 0.02
 
 
+@keras.saving.register_keras_serializable(package="colorize")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras's BatchNormalization computed by TensorFlow's fused kernel on [B, H, W, C] images.
+
+    Keras 3 normalises with about a dozen separate ops and upcasts bf16 activations to
+    float32 and back around them; FusedBatchNormV3 (oneDNN's on CPU) takes bf16 in and keeps
+    its statistics in float32 in one pass, and the graph optimizer can fold it into the
+    convolution before it at inference. Measured with TensorFlow's profiler, Keras's ops
+    were 6% of the cgan step at 32 px batch 64. The moving variance is updated with the
+    unbiased batch variance, as PyTorch (and so the pix2pix reference) does, where Keras
+    uses the biased one. Other cases (masks, synchronized or renormalised statistics, other
+    ranks or axes) go to Keras's implementation.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None or self.synchronized or self.renorm or len(inputs.shape) != 4 or self.axis not in (3, -1):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        learning = bool(training) and self.trainable
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
+            variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+            exponential_avg_factor=1.0 - self.momentum, is_training=learning,
+        )  # fmt: skip
+        if learning:  # the op returns the moving statistics already updated by its factor
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
+        return tf.cast(outputs, self.compute_dtype)
+
+
 def batch_norm(name: str) -> keras.layers.BatchNormalization:
-    """BatchNorm as in the pix2pix reference (PyTorch's momentum 0.1, eps 1e-5).
+    """BatchNorm as in the pix2pix reference (PyTorch's momentum 0.1, eps 1e-5), fused.
 
     Keras' default momentum 0.99 lets the moving statistics lag a GAN's fast-moving weights
     by hundreds of steps: on a 32 px run, inference-mode validation L1 was twice the
     training-mode L1 until the statistics were recalibrated.
     """
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""The fused kernels the models train with compute what Keras's own layers and Adam compute."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.unet import FusedBatchNormalization
+from train.loop import FusedAdam
+
+
+@pytest.fixture
+def policy(request):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy(previous)
+
+
+def _normalize(layer: keras.layers.BatchNormalization, images: tf.Tensor) -> dict[str, np.ndarray]:
+    layer.build(images.shape)
+    layer.gamma.assign(np.linspace(0.5, 2.0, images.shape[-1]))
+    layer.beta.assign(np.linspace(-1.0, 1.0, images.shape[-1]))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        outputs = layer(images, training=True)
+        loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * tf.range(images.shape[-1], dtype=tf.float32))
+    image_gradient, gamma_gradient, beta_gradient = tape.gradient(loss, [images, layer.gamma, layer.beta])
+    return {
+        "dtype": outputs.dtype,
+        "outputs": tf.cast(outputs, tf.float32).numpy(),
+        "image_gradient": image_gradient.numpy(),
+        "gamma_gradient": gamma_gradient.numpy(),
+        "beta_gradient": beta_gradient.numpy(),
+        "moving_mean": layer.moving_mean.numpy(),
+        "moving_variance": layer.moving_variance.numpy(),
+        "inference": tf.cast(layer(images, training=False), tf.float32).numpy(),
+    }
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
+def test_fused_batch_norm_matches_keras(policy):
+    images = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, size=(8, 5, 6, 4)).astype("float32"))
+    keras_result = _normalize(keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5), images)
+    fused_result = _normalize(FusedBatchNormalization(momentum=0.9, epsilon=1e-5), images)
+    assert fused_result["dtype"] == keras_result["dtype"] == keras.mixed_precision.global_policy().compute_dtype
+    for key in ("outputs", "image_gradient", "gamma_gradient", "beta_gradient", "moving_mean"):
+        np.testing.assert_allclose(fused_result[key], keras_result[key], rtol=1e-3, atol=1e-3, err_msg=key)
+    # The moving variance takes the unbiased batch variance (as PyTorch): n / (n - 1) of Keras's update.
+    count = 8 * 5 * 6
+    batch_variance = images.numpy().reshape(-1, 4).var(axis=0)
+    np.testing.assert_allclose(fused_result["moving_variance"], 0.9 + 0.1 * batch_variance * count / (count - 1), rtol=2e-3)
+    np.testing.assert_allclose(keras_result["moving_variance"], 0.9 + 0.1 * batch_variance, rtol=2e-3)
+
+
+def test_fused_batch_norm_inference_uses_the_moving_statistics():
+    layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    images = tf.fill([2, 3, 3, 2], 5.0)
+    layer.build(images.shape)
+    layer.moving_mean.assign([1.0, 3.0])
+    layer.moving_variance.assign([4.0, 1.0])
+    outputs = layer(images, training=False).numpy()
+    np.testing.assert_allclose(outputs[..., 0], (5.0 - 1.0) / np.sqrt(4.0 + 1e-5), rtol=1e-6)
+    np.testing.assert_allclose(outputs[..., 1], (5.0 - 3.0) / np.sqrt(1.0 + 1e-5), rtol=1e-6)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), [1.0, 3.0])  # inference does not update them
+
+
+def test_fused_adam_matches_keras_adam_and_restores_its_checkpoint(tmp_path):
+    initial = np.random.default_rng(1).normal(size=(20, 7)).astype("float32")
+    trained = {}
+    for optimizer_class in (keras.optimizers.Adam, FusedAdam):
+        variable = keras.Variable(initial)
+        optimizer = optimizer_class(1e-2, beta_1=0.5)
+        optimizer.build([variable])
+        apply = tf.function(lambda gradient: optimizer.apply_gradients([(gradient, variable)]))  # noqa: B023
+        for step in range(15):
+            apply(tf.constant(np.sin(np.arange(initial.size).reshape(initial.shape) * (step + 1)), tf.float32))
+        trained[optimizer_class] = (variable, optimizer)
+    fused_weights, keras_weights = (trained[key][0].numpy() for key in (FusedAdam, keras.optimizers.Adam))
+    assert np.abs(fused_weights - initial).max() > 0.1  # it did train
+    np.testing.assert_allclose(fused_weights, keras_weights, atol=1e-5)
+
+    # A run trained with Keras's Adam resumes with FusedAdam: same slots, same checkpoint keys.
+    variable, optimizer = trained[keras.optimizers.Adam]
+    path = tf.train.Checkpoint(weights=variable, optimizer=optimizer).save(str(tmp_path / "ckpt"))
+    restored_variable = keras.Variable(np.zeros_like(initial))
+    restored_optimizer = FusedAdam(1e-2, beta_1=0.5)
+    restored_optimizer.build([restored_variable])
+    tf.train.Checkpoint(weights=restored_variable, optimizer=restored_optimizer).restore(path).assert_consumed()
+    for restored, saved in zip(restored_optimizer.variables, optimizer.variables, strict=True):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy())
