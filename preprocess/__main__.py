@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make data: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"make data: interrupted; finished chunks are kept, re-run the same command to complete {args.out}",
-              file=sys.stderr)  # fmt: skip
+        if args.runner == "beam":  # a Beam run is not resumed chunk by chunk (preprocess/beam.py)
+            print(f"make data: interrupted; re-run the same command to write {args.out} again", file=sys.stderr)
+        else:
+            print(f"make data: interrupted; finished chunks are kept, re-run the same command to complete {args.out}",
+                  file=sys.stderr)  # fmt: skip
         return 130
     if args.contact_sheet:
         contact_sheet(args.out, args.contact_sheet)
