@@ -90,6 +90,15 @@ def test_beam_writes_the_local_writers_tiles_manifest_and_skips(tmp_path, monkey
 
 
 @needs_beam
+def test_beam_matches_the_local_writer_on_the_sample_photos(tmp_path):
+    options = dict(source="samples", size=64, mode="random", crops=2)
+    local_manifest, _ = make(tmp_path / "local", **options)
+    beam_manifest, _ = make_beam(tmp_path / "beam", **options)
+    assert_same_output(tmp_path / "local", tmp_path / "beam", local_manifest, beam_manifest)
+    assert beam_manifest["source"]["photos"] >= 10
+
+
+@needs_beam
 def test_beam_matches_the_local_writer_on_cifar10_batches_with_gzip(tmp_path):
     write_cifar_batches(tmp_path / "cifar-10-batches-py", rows_per_batch=8)
     options = dict(source=f"cifar10:{tmp_path}", size=32, mode="random", crops=2, images_per_shard=5, compression="GZIP")
