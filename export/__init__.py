@@ -7,7 +7,8 @@
 
 Modules, in the order a photo meets them: `savedmodel` (the graph inside every export and
 its signatures), `serving` (TF Serving's warm-up file and models.config), `__main__` (the
-export command), `images` (reading any photo), `inference` (loading an export),
+export command), `images` (reading any photo), `guidance` (a guided model's hints and
+reference photo), `sequence` (frame folders and videos), `inference` (loading an export),
 `colorize`, `client` (TF Serving's REST API), `web`. Nothing here imports `train/`.
 """
 

@@ -118,7 +118,7 @@ class Colorizer:
         return self._colorize_at_size(**inputs)["rgb"].numpy()
 
 
-def guidance_feed(hints: list[Hint], reference: bytes, count: int) -> dict[str, tf.Tensor]:
+def guidance_feed(hints: list[Hint], reference: bytes, count: int = 1) -> dict[str, tf.Tensor]:
     """The guided signatures' hint inputs for `count` photos that share `hints` and `reference`
     ("" for none): hint_y, hint_x int32 [count, K], hint_colors string [count, K], reference_bytes [count]."""
     rows = lambda values, dtype: tf.constant([list(values)] * count, dtype, shape=[count, len(hints)])  # noqa: E731

@@ -264,7 +264,7 @@ def hex_colors_to_rgb(colors: tf.Tensor) -> tf.Tensor:
     valid = tf.strings.regex_full_match(colors, "#[0-9a-fA-F]{6}")
     first_bad = tf.concat([tf.boolean_mask(tf.reshape(colors, [-1]), ~tf.reshape(valid, [-1])), [""]], 0)[0]
     check = tf.debugging.Assert(tf.reduce_all(valid), [tf.strings.join(
-        ["hint colour '", first_bad, "' is not #rrggbb (six hexadecimal digits, e.g. #d02020)"])])  # fmt: skip
+        ["hint colour ", first_bad, " is not #rrggbb (six hexadecimal digits, e.g. #d02020)"])])  # fmt: skip
     with tf.control_dependencies([check]):
         digits = tf.io.decode_raw(tf.strings.substr(tf.where(valid, colors, "#000000"), 1, 6), tf.uint8)
     # [..., 6] also for no colours at all, where decode_raw cannot know the 6

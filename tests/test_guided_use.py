@@ -24,7 +24,7 @@ from export import __main__ as export_cli
 from export import colorize, guidance, savedmodel, sequence
 from export.client import ServingClient
 from export.guidance import Hint
-from export.inference import INFO_FILE, Colorizer
+from export.inference import INFO_FILE, Colorizer, guidance_feed
 from export.web import create_app
 from models.guided import GuidedConfig
 from preprocess import color
@@ -92,12 +92,6 @@ def by_hand(generator, rgb: np.ndarray, hints: list[Hint], reference: np.ndarray
     return color.model_to_rgb(full_gray, tf.image.resize(fake, [height, width])).numpy()[0]
 
 
-def guided_inputs(hints: list[Hint], reference: bytes, count: int = 1) -> dict[str, tf.Tensor]:
-    from export.inference import guidance_feed
-
-    return guidance_feed(hints, reference, count)
-
-
 # ---------------------------------------------------------------------------------------
 # The export
 
@@ -111,11 +105,11 @@ def test_the_guided_signatures_match_the_model_by_hand_within_one_gray_level(gui
         encoded = guidance.png_bytes(ref) if ref is not None else b""
         expected = by_hand(generator, rgb, hints, ref)
         got = loaded.signatures[savedmodel.COLORIZE_GUIDED](
-            image=tf.constant(rgb[None]), working_size=tf.constant(WORKING_SIZE), **guided_inputs(hints, encoded)
+            image=tf.constant(rgb[None]), working_size=tf.constant(WORKING_SIZE), **guidance_feed(hints, encoded)
         )["rgb"].numpy()[0]
         assert np.abs(got.astype(int) - expected).max() <= 1, (hints, ref is not None)
         png = loaded.signatures[savedmodel.COLORIZE_GUIDED_IMAGE](
-            image_bytes=tf.constant([encode(rgb)]), **guided_inputs(hints, encoded)
+            image_bytes=tf.constant([encode(rgb)]), **guidance_feed(hints, encoded)
         )["png_bytes"].numpy()[0]
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), got)
 
@@ -126,16 +120,16 @@ def test_empty_hints_give_exactly_the_automatic_signatures_result(guided):
     rgb = np.stack([photo(40, 60, seed=1), photo(40, 60, seed=2)])
     automatic = loaded.signatures["colorize_at_size"](image=tf.constant(rgb), working_size=tf.constant(WORKING_SIZE))
     empty = loaded.signatures[savedmodel.COLORIZE_GUIDED](image=tf.constant(rgb), working_size=tf.constant(WORKING_SIZE),
-                                                          **guided_inputs([], b"", 2))  # fmt: skip
+                                                          **guidance_feed([], b"", 2))  # fmt: skip
     np.testing.assert_array_equal(empty["rgb"].numpy(), automatic["rgb"].numpy())
     pngs = [encode(rgb[0])]
     automatic_png = loaded.signatures["colorize_image"](image_bytes=tf.constant(pngs))["png_bytes"].numpy()
     guided_png = loaded.signatures[savedmodel.COLORIZE_GUIDED_IMAGE](image_bytes=tf.constant(pngs),
-                                                                     **guided_inputs([], b""))["png_bytes"].numpy()  # fmt: skip
+                                                                     **guidance_feed([], b""))["png_bytes"].numpy()  # fmt: skip
     assert automatic_png[0] == guided_png[0]
     # and the hints do steer: the photo's colours move, most near the hints
     hinted = loaded.signatures[savedmodel.COLORIZE_GUIDED](image=tf.constant(rgb), working_size=tf.constant(WORKING_SIZE),
-                                                           **guided_inputs(HINTS, b"", 2))["rgb"].numpy()  # fmt: skip
+                                                           **guidance_feed(HINTS, b"", 2))["rgb"].numpy()  # fmt: skip
     assert np.abs(hinted.astype(int) - automatic["rgb"].numpy()).mean() > 0.5
 
 
@@ -146,11 +140,11 @@ def test_bad_hints_and_gray_references_are_refused_by_the_graph(guided):
     gray = guidance.png_bytes(np.full((20, 20, 3), 90, np.uint8))
     for hints, reference, message in [
         ([Hint(60, 0, "#ffffff")], b"", r"hint at x=60, y=0 is outside the photo \(60 x 40 pixels\)"),
-        ([Hint(1, 1, "#ffff")], b"", "hint colour '#ffff' is not #rrggbb"),
+        ([Hint(1, 1, "#ffff")], b"", "hint colour #ffff is not #rrggbb"),
         ([], gray, r"the reference photo is gray \(mean chroma 0"),
     ]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            signature(image_bytes=data, **guided_inputs(hints, reference))
+            signature(image_bytes=data, **guidance_feed(hints, reference))
 
 
 def test_the_export_says_it_takes_hints_and_automatic_exports_keep_their_signatures(guided, exported):
