@@ -8,7 +8,9 @@ units, over the pixels whose lightness barely changed (|dL| < STILL_LIGHTNESS): 
 scene holds still, its colours should too, and any change there is flicker. Lower is
 steadier; 0 is a sequence whose still pixels never change colour. Pixels that moved or
 changed light are left out, since their colour may rightly change. The colorized frames
-keep the source's L, so "still" is judged on the same pixels for every colorization.
+keep the source's L, so "still" is judged on the same pixels for every colorization. A gray
+sequence is perfectly steady, so the score is printed beside the mean chroma sqrt(a^2 + b^2)
+of the frames: steadiness bought with dullness shows there.
 
 With --model it colorizes the sequence twice, each frame alone (automatic: no hints) and
 guided (the same --reference and --hints for every frame, as `colorize` does), scores
@@ -43,7 +45,8 @@ class Stability:
     """The score accumulated frame by frame: `add(rgb)` for each frame in order, then `.score`.
 
     score: mean |ab(t) - ab(t-1)| (Euclidean, Lab units) over the still pixels of every
-    pair of consecutive frames; `still_fraction` the share of pixels that were still.
+    pair of consecutive frames; `still_fraction` the share of pixels that were still;
+    `chroma` the mean chroma sqrt(a^2 + b^2) of every pixel of every frame.
     """
 
     def __init__(self, still_lightness: float = STILL_LIGHTNESS) -> None:
@@ -52,11 +55,15 @@ class Stability:
         self.change = 0.0  # sum of |d ab| over still pixels
         self.still = 0  # still pixels counted
         self.pixels = 0  # all pixels of the pairs
+        self.chroma_sum = 0.0  # chroma over every pixel of every frame
+        self.chroma_pixels = 0
         self._previous: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
         """One frame, uint8 RGB [H, W, 3], the size of the others."""
         lab = color.rgb_to_lab(np.asarray(rgb, np.uint8)).numpy().astype(np.float64)  # [H, W, 3]
+        self.chroma_sum += float(np.hypot(lab[..., 1], lab[..., 2]).sum())
+        self.chroma_pixels += lab.shape[0] * lab.shape[1]
         if self._previous is not None:
             if lab.shape != self._previous.shape:
                 raise ValueError(f"frame {self.frames} is {lab.shape[1]} x {lab.shape[0]}, the one before "
@@ -78,8 +85,12 @@ class Stability:
     def still_fraction(self) -> float:
         return self.still / self.pixels if self.pixels else float("nan")
 
+    @property
+    def chroma(self) -> float:
+        return self.chroma_sum / self.chroma_pixels if self.chroma_pixels else float("nan")
+
     def summary(self) -> dict[str, float]:
-        return {"score": self.score, "frames": self.frames, "still_fraction": self.still_fraction}
+        return {"score": self.score, "frames": self.frames, "still_fraction": self.still_fraction, "chroma": self.chroma}
 
 
 def stability(frames: Iterable[np.ndarray], still_lightness: float = STILL_LIGHTNESS) -> Stability:
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[str(source)] = scored.summary()
                 print(f"{source}: stability {scored.score:.3f} (mean |d ab| on still pixels, Lab units) over "
                       f"{scored.frames} frames; {100 * scored.still_fraction:.1f}% of pixels still "
-                      f"(|dL| < {args.still_lightness:g})")  # fmt: skip
+                      f"(|dL| < {args.still_lightness:g}); mean chroma {scored.chroma:.1f}")  # fmt: skip
         else:
             from export.inference import Colorizer, ExportNotFound
 
@@ -168,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "steadier": ratio}  # fmt: skip
                 print(f"{source}: {guided.frames} frames, {100 * guided.still_fraction:.1f}% of pixels still "
                       f"(|dL| < {args.still_lightness:g}); mean |d ab| on still pixels (Lab units, lower is steadier):\n"
-                      f"  each frame alone   {automatic.score:.3f}\n"
-                      f"  guided             {guided.score:.3f}   ({ratio:.2f}x steadier)")  # fmt: skip
+                      f"  each frame alone   {automatic.score:.3f}   (mean chroma {automatic.chroma:.1f})\n"
+                      f"  guided             {guided.score:.3f}   (mean chroma {guided.chroma:.1f}; "
+                      f"{ratio:.2f}x steadier)")  # fmt: skip
     except (SequenceError, GuidanceError) as error:
         print(f"stability: {error}", file=sys.stderr)
         return 2

@@ -254,6 +254,8 @@ def test_stability_is_the_mean_ab_change_on_pixels_whose_lightness_held_still():
     scored = stability.stability(frames)
     assert scored.frames == 3 and scored.still_fraction == pytest.approx(0.5)
     assert scored.score == pytest.approx(20.0, abs=0.6)  # uint8 rounding of the Lab colours
+    # chroma: the left half's 0, 20, 0 over three frames, the right half gray: 20 / 6 on average
+    assert scored.chroma == pytest.approx(20.0 / 6.0, abs=0.3)
 
     steady = stability.stability([lab_frame((20, 0), 40), lab_frame((20, 0), 40.6), lab_frame((20, 0), 41.2)])
     assert steady.still_fraction == 1.0 and steady.score == pytest.approx(0.0, abs=0.6)  # |dL| 0.6 < 2: still
