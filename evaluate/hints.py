@@ -7,7 +7,7 @@ As Zhang, Zhu, Isola, Geng, Lin, Yu and Efros (2017) measure their model (their 
 the photos' true colour is revealed at N points (0, 1, 2, 5, 10, 20, 50, 100 by default)
 and the mean per-image PSNR of the RGB result is plotted against N. Points are single
 pixels by default (--patch=P: squares of P x P pixels set to the truth's mean colour
-there), at positions drawn as in training (a Gaussian around the centre with a quarter of
+there; --patch=0: sides drawn from 1 to 9 pixels as in training), at positions drawn as in training (a Gaussian around the centre with a quarter of
 the side as deviation; models.hints.sample_local_hints), from one stateless seed per
 photo, so that the N points of one count are the first N of every larger count. Three
 global hints per count:
@@ -99,7 +99,8 @@ def psnr_by_points(generator, rgb: np.ndarray, global_hints: dict[str, np.ndarra
     whatever the batch, and nested from one count to the next.
     """
     height, width = rgb.shape[1:3]
-    placed = [hints.sample_patches(tf.constant([seed, i], tf.int64), 1, height, width, max(points), (patch,))
+    sizes = (patch,) if patch else hints.PATCH_SIZES
+    placed = [hints.sample_patches(tf.constant([seed, i], tf.int64), 1, height, width, max(points), sizes)
               for i in range(len(rgb))]  # fmt: skip
     corners = tf.concat([corner for corner, _ in placed], 0)  # [M, K, 2]
     sides = tf.concat([side for _, side in placed], 0)  # [M, K]
@@ -108,7 +109,7 @@ def psnr_by_points(generator, rgb: np.ndarray, global_hints: dict[str, np.ndarra
     def colorize(gray, local, global_hint):
         return color.model_to_rgb(gray, generator([gray, local, global_hint], training=False))
 
-    truth_hints = tf.function(lambda *args: hints.patches_of_truth(*args, largest=patch), reduce_retracing=True)
+    truth_hints = tf.function(lambda *args: hints.patches_of_truth(*args, largest=max(sizes)), reduce_retracing=True)
     scores = {name: {n: [] for n in points} for name in global_hints}
     for start in range(0, len(rgb), batch_size):
         truth = rgb[start:start + batch_size]
@@ -137,7 +138,8 @@ def plot(results: dict, path: Path, references: dict[str, float]) -> None:
     axes.set_xscale("symlog", linthresh=1)
     counts = sorted(int(n) for n in next(iter(results["psnr"].values())))
     axes.set_xticks(counts, [str(n) for n in counts])
-    revealed = "single pixels" if results["patch"] == 1 else f"squares of {results['patch']} px"
+    patch = results["patch"]
+    revealed = {0: "squares of 1 to 9 px, as in training", 1: "single pixels"}.get(patch, f"squares of {patch} px")
     axes.set_xlabel(f"local hints revealed ({revealed})")
     axes.set_ylabel("mean PSNR (dB)")
     axes.set_title(f"{Path(results['run']).name} on {Path(results['data']).name} {results['split']} "
@@ -160,7 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--split", default=None, help="shard split (default: test, else val)")
     add("--limit", type=int, default=0, help="N photos spread over the split, as make evaluate --limit (default: all)")
     add("--points", default=",".join(map(str, DEFAULT_POINTS)), help="numbers of local hints, e.g. 0,1,10")
-    add("--patch", type=int, default=1, help="side of each hint's square in pixels, 1..9 (default: 1, single pixels)")
+    add("--patch", type=int, default=1, help="side of each hint's square in pixels, 1..9 (default: 1, single pixels); "
+        "0: drawn from 1..9 as in training")  # fmt: skip
     add("--seed", type=int, default=0, help="of the hints' positions and the same-class picks")
     add("--batch", type=int, default=50, help="photos per model call")
     add("--name", default=None, help="report name (default: hints-<data folder>)")
@@ -198,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         points, references = _points(args.points), _references(args.reference)
-        if not 1 <= args.patch <= 9 or args.batch < 1 or args.limit < 0:
-            raise ConfigError("--patch must be in 1..9, --batch at least 1 and --limit at least 0")
+        if not 0 <= args.patch <= 9 or args.batch < 1 or args.limit < 0:
+            raise ConfigError("--patch must be in 0..9, --batch at least 1 and --limit at least 0")
         saved = models.read_run_config(args.run)
         if saved.model != "guided":
             raise ConfigError(f"{args.run}: a run of MODEL={saved.model}; this measures MODEL=guided runs")

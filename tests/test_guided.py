@@ -264,3 +264,5 @@ def test_the_hint_curve_refuses_runs_of_other_models_and_bad_settings(tiny_shard
     assert "MODEL=regression" in capsys.readouterr().err
     assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}", "--points=1,x"]) == 2
     assert "--points=1,x" in capsys.readouterr().err
+    assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}", "--patch=10"]) == 2
+    assert "--patch must be in 0..9" in capsys.readouterr().err
