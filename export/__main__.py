@@ -35,6 +35,12 @@ from models.config import ConfigError  # noqa: E402
 
 SAVED_MODEL_CLI = Path(sys.executable).with_name("saved_model_cli")
 
+# The graph's compute precision. float32 runs well everywhere; mixed_bfloat16 (weights kept
+# in float32, layers computing in bf16) is faster on CPUs with bf16 units (AVX512-BF16, AMX)
+# and much slower on CPUs without them, which emulate it: so it is a choice for the
+# serving machine, never a default taken from the exporting one.
+PRECISIONS = ("float32", "mixed_bfloat16")
+
 
 class CheckFailed(Exception):
     """The written SavedModel did not pass `saved_model_cli` or the warm-up replay."""
@@ -99,15 +105,24 @@ def check(export_dir: Path, temperature: float | None, hints: bool = False) -> N
 
 def export_run(run: Path, out: Path, name: str | None = None, version: int | None = None,
                checkpoint: str = "best", size: int | None = None, serving_root: str = "/models",
-               temperature: float | None = None, decode_rebalance: float | None = None) -> Path:  # fmt: skip
+               temperature: float | None = None, decode_rebalance: float | None = None,
+               precision: str = "float32") -> Path:  # fmt: skip
     """Export the generator of `run` to out/<name>/<version>; returns that folder.
 
     `temperature`: the default decoding temperature written into export.json for models
     that take one (default: the run's), e.g. the one a `make evaluate --temperatures` sweep
-    chose; `decode_rebalance`: zhang's rebalancing at decoding, fixed in the graph.
+    chose; `decode_rebalance`: zhang's rebalancing at decoding, fixed in the graph;
+    `precision`: the graph's compute precision (PRECISIONS).
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision={precision}: valid: {', '.join(PRECISIONS)}")
     saved = models.read_run_config(run)
-    generator = models.build_from_run(run, checkpoint)["generator"]
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)  # layers take their compute dtype when built
+    try:
+        generator = models.build_from_run(run, checkpoint)["generator"]
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     if decode_rebalance is not None:
         if not hasattr(saved.model_config, "decode_rebalance"):
             raise ConfigError(f"--decode_rebalance: {saved.model} has no rebalancing at decoding")
@@ -140,6 +155,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             "max_pixels": savedmodel.MAX_PIXELS,  # colorize_image refuses larger photos
             "temperature": temperature,
             "hints": hints,  # the guided signatures are there (colorize --hints / --reference)
+            "precision": precision,
             "run": str(run.resolve()),
             "checkpoint": checkpoint,
             "signatures": {
@@ -188,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         help="default decoding temperature of models that take one (zhang; default: the run's)")
     add("--decode_rebalance", type=float, default=None,
         help="zhang: rebalancing at decoding, 0 (as trained) to 1 (default: the run's)")
+    add("--precision", choices=PRECISIONS, default="float32",
+        help="the graph's compute precision: float32 (default; fast everywhere) or mixed_bfloat16 (faster on "
+             "CPUs with bf16 units, e.g. AVX512-BF16 or AMX; much slower on CPUs without them)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1 or args.size is not None and args.size < 1:
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         target = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.size, args.serving_root,
-                            args.temperature, args.decode_rebalance)  # fmt: skip
+                            args.temperature, args.decode_rebalance, args.precision)  # fmt: skip
     except (ConfigError, FileNotFoundError) as error:
         print(f"make export: {error}", file=sys.stderr)
         return 2
@@ -210,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {args.run} ({info['model']}, {args.checkpoint} checkpoint) to {target} in "
         f"{time.perf_counter() - started:.1f} s: {folder_size(target) / 2**20:.1f} MiB, working size "
-        f"{info['working_size']}, stride {info['stride']}; checked by saved_model_cli and its warm-up requests"
+        f"{info['working_size']}, stride {info['stride']}, {info['precision']}; checked by saved_model_cli and its warm-up requests"
     )
     print(f"TF Serving: {args.out / serving.MODELS_CONFIG} lists it; colorize: "
           f"python -m export.colorize --model {target.parent} --output OUT PHOTO...")  # fmt: skip

@@ -91,13 +91,16 @@ def measure_in_process(export_dir: str, photo: str) -> dict[str, float]:
     sampler = threading.Thread(target=sample)
     sampler.start()
     seconds = []
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
     for _ in range(3):
         begin = time.perf_counter()
         colorizer.colorize(rgb)
         seconds.append(time.perf_counter() - begin)
+    cpu_seconds, colorize_wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     done.set()
     sampler.join()
-    return {"load": loaded - started, "colorize": statistics.median(seconds), "added_mib": peak[0] - baseline}
+    return {"load": loaded - started, "colorize": statistics.median(seconds), "added_mib": peak[0] - baseline,
+            "cpu_seconds": cpu_seconds, "colorize_wall": colorize_wall}  # fmt: skip
 
 
 def run_command(command: list[str]) -> tuple[float, float]:
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=None, help="run to export (default: an untrained --model at 256 px)")
     parser.add_argument("--model", default="cgan", help="the model of the untrained run (default: cgan)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the precisions in turn (default: 2)")
     parser.add_argument("--output", type=Path, default=BENCHMARKS, help="the Markdown file to update")
     args = parser.parse_args(argv)
     from export import __main__ as export_cli
@@ -136,49 +140,69 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         run = args.run or untrained_run(work / "run", args.model)
-        started = time.perf_counter()
-        export_dir = export_cli.export_run(run, work / "exports")
-        export_seconds = time.perf_counter() - started
-        size_mib = export_cli.folder_size(export_dir) / 2**20
-        info = json.loads((export_dir / INFO_FILE).read_text())
-        print(f"exported in {export_seconds:.1f} s, {size_mib:.1f} MiB", file=sys.stderr)
+        exports, export_rows = {}, []
+        for precision in export_cli.PRECISIONS:
+            started = time.perf_counter()
+            exports[precision] = export_cli.export_run(run, work / "exports", precision=precision)
+            export_seconds = time.perf_counter() - started
+            size_mib = export_cli.folder_size(exports[precision]) / 2**20
+            info = json.loads((exports[precision] / INFO_FILE).read_text())
+            export_rows.append((precision, size_mib, export_seconds))
+            print(f"exported {precision} in {export_seconds:.1f} s, {size_mib:.1f} MiB", file=sys.stderr)
 
         import_seconds, _ = run_command([sys.executable, "-c", "import tensorflow"])
-        rows = []
-        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per photo: its own peak memory
+        measured: dict[tuple[str, str], list[dict]] = {}
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per measurement: its own peak memory
         for label, (height, width) in PHOTOS.items():
             photo = synthetic_photo(work / f"{label.replace(' ', '')}.jpg", height, width)
-            with spawn.Pool(1) as pool:
-                inside = pool.apply(measure_in_process, (str(export_dir), str(photo)))
-            command = [sys.executable, "-m", "export.colorize", "--model", str(export_dir), "--output",
-                       str(work / "out"), str(photo)]  # fmt: skip
-            cli_seconds, cli_peak = run_command(command)
-            rows.append(f"| {label} ({width}x{height}) | {inside['colorize']:.2f} | "
-                        f"{inside['added_mib']:,.0f} | {cli_seconds:.1f} | {cli_peak:,.0f} |")  # fmt: skip
-            print(rows[-1], file=sys.stderr)
+            for _round in range(args.rounds):  # the precisions in turn, so a slow spell hits both
+                for precision, export_dir in exports.items():
+                    with spawn.Pool(1) as pool:
+                        inside = pool.apply(measure_in_process, (str(export_dir), str(photo)))
+                    command = [sys.executable, "-m", "export.colorize", "--model", str(export_dir), "--output",
+                               str(work / "out"), str(photo)]  # fmt: skip
+                    inside["cli_seconds"], inside["cli_peak"] = run_command(command)
+                    inside["cpu"] = inside["cpu_seconds"] / inside["colorize_wall"]
+                    measured.setdefault((label, precision), []).append(inside)
+                    print(label, precision, inside, file=sys.stderr)
 
+    def median(label: str, precision: str, key: str) -> float:
+        return statistics.median(record[key] for record in measured[label, precision])
+
+    rows = []
+    for label, (height, width) in PHOTOS.items():
+        for precision in exports:
+            cpu = ", ".join(f"{record['cpu']:.2f}" for record in measured[label, precision])
+            rows.append(f"| {label} ({width}x{height}) | {precision} | {median(label, precision, 'colorize'):.2f} | "
+                        f"{cpu} | {median(label, precision, 'added_mib'):,.0f} | "
+                        f"{median(label, precision, 'cli_seconds'):.1f} | {median(label, precision, 'cli_peak'):,.0f} |")  # fmt: skip
+    load_seconds = statistics.median(record["load"] for records in measured.values() for record in records)
     model = f"an untrained `{args.model}` at the 256 px preset" if args.run is None else f"`{args.run}` ({info['model']})"
+    export_table = "\n".join(f"| `{info['model']}` {precision} | {size_mib:,.1f} MiB | {seconds:.1f} s |"
+                              for precision, size_mib, seconds in export_rows)  # fmt: skip
     write_section(
         "export" if info["model"] == "cgan" else f"export-{info['model']}",
         f"""## make export and colorize ({info['model']})
 
 Machine: {machine()}.
 Command: `make bench` (`python -m export.bench`), exporting {model}
-(working size {info["working_size"]}, stride {info["stride"]}). Load average {load_before:.1f} at the start,
-{os.getloadavg()[0]:.1f} at the end: on an idle machine the times are lower.
+(working size {info["working_size"]}, stride {info["stride"]}) in both `--precision`s. Load average
+{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: on an idle machine the times are lower.
+TensorFlow's import: {import_seconds:.1f} s; loading the SavedModel: {load_seconds:.1f} s.
 
-| export | size | time (with its check) | TF import | SavedModel load |
-|---|---|---|---|---|
-| `{info["model"]}` | {size_mib:,.1f} MiB | {export_seconds:.1f} s | {import_seconds:.1f} s | {inside["load"]:.1f} s |
+| export | size | time (with its check) |
+|---|---|---|
+{export_table}
 
-Colorizing a synthetic JPEG photo. *In process*: `Colorizer.colorize` on the decoded photo
-(median of 3, after a warm-up call) and how far it raises the peak memory of a process
-that has the export loaded. *`colorize` command*: the whole command in a fresh process
-(TensorFlow import, load, JPEG decode, colorize, PNG encode, write), its wall time and
-peak memory.
+Colorizing a synthetic JPEG photo, {args.rounds} rounds with the precisions in turn, medians. *In process*:
+`Colorizer.colorize` on the decoded photo (median of 3, after a warm-up call), the process's
+CPU seconds per wall second during those calls (each round; up to 2 here), and how far the
+calls raise the peak memory of a process that has the export loaded. *`colorize` command*: the
+whole command in a fresh process (TensorFlow import, load, JPEG decode, colorize, PNG
+encode, write), its wall time and peak memory.
 
-| photo | in process (s) | in process, added peak (MiB) | `colorize` command (s) | `colorize` command, peak (MiB) |
-|---|---|---|---|---|
+| photo | precision | in process (s) | CPU per round | in process, added peak (MiB) | `colorize` command (s) | `colorize` command, peak (MiB) |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """,
         args.output,

@@ -306,3 +306,33 @@ def test_client_speaks_tf_servings_rest_api(exported):
             ServingClient(server.url.replace("regression", "other")).colorize_png(encode(rgb))
     finally:
         server.shutdown()
+
+
+def test_a_bf16_export_computes_in_bf16_and_stays_within_a_few_levels_of_float32(exported, tmp_path, capsys):
+    run = exported.parents[2] / "run"
+    assert export_cli.main([f"--run={run}", f"--out={tmp_path}", "--precision=mixed_bfloat16"]) == 0
+    assert "mixed_bfloat16" in capsys.readouterr().out
+    bf16_dir = tmp_path / "regression" / "1"
+    assert json.loads((bf16_dir / INFO_FILE).read_text())["precision"] == "mixed_bfloat16"
+    assert json.loads((exported / INFO_FILE).read_text())["precision"] == "float32"
+    gray = tf.constant(photo(40, 56, seed=5)[None, ..., :1])
+    outputs = {}
+    for name, folder in [("float32", exported), ("bf16", bf16_dir)]:
+        loaded = tf.saved_model.load(str(folder))
+        outputs[name] = loaded.signatures["serving_default"](gray=gray)["rgb"].numpy().astype(int)
+        graph = loaded.signatures["serving_default"].graph.as_graph_def()
+        dtypes = {node.attr["T"].type for node in graph.node if node.op == "Conv2D"}
+        dtypes |= {node.attr["T"].type for function in graph.library.function for node in function.node_def
+                   if node.op == "Conv2D"}  # fmt: skip
+        outputs[name, "conv dtypes"] = dtypes
+    assert outputs["bf16", "conv dtypes"] == {tf.bfloat16.as_datatype_enum}
+    assert outputs["float32", "conv dtypes"] == {tf.float32.as_datatype_enum}
+    difference = np.abs(outputs["bf16"] - outputs["float32"])
+    assert 0 < difference.max() <= 6 and difference.mean() < 1.0
+
+
+def test_export_refuses_an_unknown_precision(exported, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        export_cli.main([f"--run={exported.parents[2] / 'run'}", f"--out={tmp_path}", "--precision=float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+    assert not (tmp_path / "regression").exists()
