@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "export" if info["model"] == "cgan" else f"export-{info['model']}",
         f"""## make export and colorize ({info['model']})
 
-Machine: {machine()}.
+Machine: {machine()}. Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 Command: `make bench` (`python -m export.bench`), exporting {model}
 (working size {info["working_size"]}, stride {info["stride"]}) in both `--precision`s. Load average
 {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: on an idle machine the times are lower.

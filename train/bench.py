@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -66,14 +67,15 @@ def time_steps(model: str, size: int, batch: int, precision: str, seconds: float
     with synthetic_training(model, size, batch, precision) as (training, batch_data):
         for _ in range(2):  # trace, compile, warm the allocator
             float(training.train_step(batch_data)[0]["gen/total"])
-        steps, started = 0, time.perf_counter()
+        steps, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds or steps < 3:
             losses, _ = training.train_step(batch_data)
             steps += 1
         float(losses["gen/total"])  # waits for the last step
         elapsed = time.perf_counter() - started
+        cpu_util = (time.process_time() - cpu_started) / elapsed
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"images_per_second": steps * batch / elapsed, "peak_mib": peak_kib / 1024}
+    return {"images_per_second": steps * batch / elapsed, "peak_mib": peak_kib / 1024, "cpu_util": cpu_util}
 
 
 def reader_images_per_second(size: int, batch: int) -> float:
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from preprocess.bench import machine, write_section
 
+    load_before = os.getloadavg()[0]
     rows, ratio_rows = [], []
     for size, batch in CONFIGS:
         measured = {}
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             measured[precision] = run_one([str(size), str(batch), precision, f"--seconds={args.seconds}",
                                            f"--model={args.model}"])  # fmt: skip
             result = measured[precision]
-            rows.append(f"| {size} | {batch} | {precision} | {result['images_per_second']:,.1f} | {result['peak_mib']:,.0f} |")
+            rows.append(f"| {size} | {batch} | {precision} | {result['images_per_second']:,.1f} | "
+                        f"{result['cpu_util']:.2f} | {result['peak_mib']:,.0f} |")  # fmt: skip
             print(rows[-1], file=sys.stderr)
         reader = reader_images_per_second(size, batch)
         fastest = max(result["images_per_second"] for result in measured.values())
@@ -126,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         "train" if args.model == "cgan" else f"train-{args.model}",
         f"""## make train ({args.model})
 
-Machine: {machine()}.
+Machine: {machine()}. Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 Command: `make bench` (`python -m train.bench --seconds={args.seconds:g}`): the preset for each size,
 synthetic batches, {args.seconds:g} s of steps after two warm-up steps, each configuration in its own
-process (peak resident memory of that process).
+process (peak resident memory of that process). CPU: the process's CPU seconds per wall second
+while timed (up to 2 here: less means the step left a core idle or other jobs took it); load
+average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.
 
-| size | batch | precision | training images/s | peak memory MiB |
-|---|---|---|---|---|
+| size | batch | precision | training images/s | CPU | peak memory MiB |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 The reader (`preprocess.dataset.load`, training pipeline) against the faster training step at
