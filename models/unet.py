@@ -28,17 +28,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     convolution before it at inference. Measured with TensorFlow's profiler, Keras's ops
     were 6% of the cgan step at 32 px batch 64. The moving variance is updated with the
     unbiased batch variance, as PyTorch (and so the pix2pix reference) does, where Keras
-    uses the biased one. Other cases (masks, synchronized or renormalised statistics, other
-    ranks or axes) go to Keras's implementation.
+    uses the biased one. Statistics synchronized over replicas (train/loop.py's
+    synchronize_batch_norm) are Keras's all-reduced moments, with the same unbiased update.
+    Other cases (masks, renormalised statistics, other ranks or axes) go to Keras's
+    implementation.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if mask is not None or self.synchronized or self.renorm or len(inputs.shape) != 4 or self.axis not in (3, -1):
+        if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (3, -1):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
         learning = bool(training) and self.trainable
+        if learning and self.synchronized:
+            return self._synchronized_call(inputs, scale, offset)
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
             variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
@@ -47,6 +51,20 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if learning:  # the op returns the moving statistics already updated by its factor
             self.moving_mean.assign(mean)
             self.moving_variance.assign(variance)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _synchronized_call(self, inputs, scale, offset):
+        """Training with the moments of every replica's batch, as the fused op would take them
+        from one replica's batch of them all: N replicas keep one replica's moving statistics."""
+        x = tf.cast(inputs, tf.float32)
+        mean, variance = keras.ops.moments(x, axes=[0, 1, 2], synchronized=True)  # [C] each, biased
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]) * replicas, tf.float32)  # pixels per channel
+        factor = 1.0 - self.momentum
+        self.moving_mean.assign((1.0 - factor) * self.moving_mean + factor * mean)
+        self.moving_variance.assign((1.0 - factor) * self.moving_variance
+                                    + factor * variance * count / tf.maximum(count - 1.0, 1.0))  # fmt: skip
+        outputs = tf.nn.batch_normalization(x, mean, variance, offset, scale, self.epsilon)
         return tf.cast(outputs, self.compute_dtype)
 
 

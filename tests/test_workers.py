@@ -59,7 +59,8 @@ def _launch(data: Path, run: Path, scratch: Path, **options) -> subprocess.Popen
                             stderr=subprocess.STDOUT, env=env, **options)  # fmt: skip
 
 
-def _finish(process: subprocess.Popen, run: Path, timeout: float = 120) -> tuple[int, str]:
+def _finish(process: subprocess.Popen, run: Path, timeout: float = 600) -> tuple[int, str]:
+    # The timeouts catch a hang, not slowness: on two busy cores a launch took up to 2 minutes.
     code = process.wait(timeout=timeout)
     return code, run.with_suffix(".out").read_text()
 
@@ -88,6 +89,33 @@ def test_the_workers_shares_of_a_batch_are_the_one_worker_batch_split_without_ov
         assert np.array_equal(np.unique(split, axis=0), np.unique(batch["color"].numpy().reshape(8, -1), axis=0))
     with pytest.raises(ValueError, match="needs a seed"):
         shards.batches("train", 4, shard=(2, 0))
+
+
+def test_two_replicas_at_batch_b_train_as_one_at_batch_b():
+    """In one process (two logical CPUs, MirroredStrategy): the gradients and the synchronised
+    BatchNorm statistics of two halves make the step of the whole batch."""
+    import tensorflow as tf
+
+    from models.regression import RegressionConfig
+    from train import loop
+    from train.config import TrainConfig
+
+    config = RegressionConfig(depth=5, base_width=4, max_width=16, dropout_blocks=0)
+    train = TrainConfig(precision="float32", learning_rate=1e-2)
+    batches = tf.data.Dataset.from_tensors({
+        "gray": tf.random.stateless_uniform([8, 32, 32, 1], [0, 1], -1.0, 1.0),
+        "color": tf.random.stateless_uniform([8, 32, 32, 2], [0, 2], -0.5, 0.5)}).repeat(3)  # fmt: skip
+    variables = []
+    for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+        with loop.runtime(train):
+            training = loop.build("regression", config, train, total_steps=3, strategy=strategy)
+            for batch in strategy.experimental_distribute_dataset(batches):
+                training.train_step(batch)
+        variables.append({v.path: v.numpy() for v in training.networks["generator"].variables})
+    one, two = variables
+    assert any("moving_variance" in path for path in one)
+    for path, value in one.items():
+        np.testing.assert_allclose(two[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 @pytest.mark.multiworker
@@ -123,7 +151,7 @@ def test_a_worker_killed_mid_run_stops_the_launcher_and_the_rerun_ends_as_an_unb
     launcher = _launch(tiny_shards, run, tmp_path / "scratch")
     out = run.with_suffix(".out")
     worker_1 = None
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and launcher.poll() is None:
         if worker_1 is None and "(pids " in out.read_text():
             worker_1 = int(out.read_text().split("(pids ", 1)[1].split(")", 1)[0].split()[1])

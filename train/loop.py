@@ -11,7 +11,9 @@ and learning-rate state, and the batches of step s depend on s alone (epoch s //
 steps_per_epoch is read with seed + epoch, and the batches already used are skipped).
 With --deterministic a resumed run is bit-identical to one that never stopped. Ctrl-C or
 SIGTERM (what a preempted cloud VM gets) stops training after the current step with a
-checkpoint of that step, so nothing since the last scheduled checkpoint is lost.
+checkpoint of that step, so nothing since the last scheduled checkpoint is lost; in a
+cluster (--strategy=multi_worker, train/workers.py) a signal to any worker stops every
+worker after the same step.
 
 Validation metrics, means over the validation images (the real RGB image is rebuilt from
 its L and ab, so only colour counts):

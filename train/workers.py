@@ -173,7 +173,7 @@ def _wait(processes: list[subprocess.Popen], logs: list[Path | None], run_dir: P
     others = [worker for worker, other in enumerate(codes) if worker != index and other != 0]
     message = f"train.workers: worker {index} of {len(processes)} {_describe(code)}"
     if others:
-        message += f"; stopped the others ({', '.join(f'worker {worker} {_describe(codes[worker])}' for worker in others)})"
+        message += f"; then {', '.join(f'worker {worker} {_describe(codes[worker])}' for worker in others)}"
     if logs[index] is not None:
         message += f"\n  the end of {logs[index]}:\n{_tail(logs[index])}"
     if code != 2:  # bad settings need another command, not a resume
