@@ -188,9 +188,9 @@ of its decoded records (source id, label, pixels) equal the first run's of the c
 
 
 def _beam_version() -> str:
-    import apache_beam
+    from preprocess.beam import beam  # imported as preprocess.beam does, without its Google Cloud notice
 
-    return apache_beam.__version__
+    return beam.__version__
 
 
 if __name__ == "__main__":
