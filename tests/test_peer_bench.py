@@ -192,3 +192,12 @@ def test_make_bench_with_peer_variables_runs_the_side_by_side():
     commands = _make_bench("PEER_SRC=/src", "PEER_PYTHON=/torch/python", "ARGS=--rounds=2")
     assert "-m train.peer_bench --peer-src='/src' --peer-python='/torch/python'" in commands
     assert "--rounds=2" in commands and "preprocess.bench" not in commands
+
+
+def test_train_bench_times_any_model_and_writes_a_profile_trace(tmp_path):
+    from train import bench
+
+    # regression's step has no "gen/total": the timer waits on whatever loss the step returns
+    result = bench.time_steps("regression", 32, 2, "float32", seconds=0.0, profile=tmp_path / "profile")
+    assert result["images_per_second"] > 0 and result["cpu_util"] > 0 and result["peak_mib"] > 0
+    assert list((tmp_path / "profile").rglob("*.xplane.pb")), "no trace for TensorBoard's profiler"

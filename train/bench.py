@@ -62,18 +62,31 @@ def synthetic_training(model: str, size: int, batch: int, precision: str) -> Ite
         }
 
 
-def time_steps(model: str, size: int, batch: int, precision: str, seconds: float) -> dict:
-    """Builds `model` at its preset for `size` and times train steps for about `seconds`."""
+def wait(step_result: tuple[dict, object]) -> None:
+    """Blocks until the step that returned `step_result` (losses, finite) has run."""
+    float(next(iter(step_result[0].values())))
+
+
+def time_steps(model: str, size: int, batch: int, precision: str, seconds: float, profile: Path | None = None) -> dict:
+    """Builds `model` at its preset for `size` and times train steps for about `seconds`;
+    with `profile`, then traces three more steps there for TensorBoard's profiler."""
     with synthetic_training(model, size, batch, precision) as (training, batch_data):
         for _ in range(2):  # trace, compile, warm the allocator
-            float(training.train_step(batch_data)[0]["gen/total"])
+            wait(training.train_step(batch_data))
         steps, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds or steps < 3:
             losses, _ = training.train_step(batch_data)
             steps += 1
-        float(losses["gen/total"])  # waits for the last step
+        wait((losses, None))  # the last step
         elapsed = time.perf_counter() - started
         cpu_util = (time.process_time() - cpu_started) / elapsed
+        if profile:
+            import tensorflow as tf
+
+            tf.profiler.experimental.start(str(profile))
+            for _ in range(3):
+                wait(training.train_step(batch_data))
+            tf.profiler.experimental.stop()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"images_per_second": steps * batch / elapsed, "peak_mib": peak_kib / 1024, "cpu_util": cpu_util}
 
@@ -103,11 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timing per configuration")
     parser.add_argument("--model", default="cgan")
-    parser.add_argument("--one", nargs=3, metavar=("SIZE", "BATCH", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("SIZE", "BATCH", "PRECISION"),
+                        help="time this one configuration (e.g. 32 64 mixed_bfloat16) and print it as JSON")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="with --one: trace three steps into this folder for TensorBoard's profiler "
+                             "(tensorboard --logdir FOLDER, with the xprof package: op-level times, trace viewer)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.profile and not args.one:
+        parser.error("--profile needs --one SIZE BATCH PRECISION")
     if args.one:
         size, batch, precision = int(args.one[0]), int(args.one[1]), args.one[2]
-        print(json.dumps(time_steps(args.model, size, batch, precision, args.seconds)))
+        print(json.dumps(time_steps(args.model, size, batch, precision, args.seconds, args.profile)))
         return 0
 
     from preprocess.bench import machine, write_section

@@ -38,7 +38,7 @@ from preprocess.console import quiet_tensorflow
 
 quiet_tensorflow()  # before anything imports TensorFlow: a benchmark's report stays readable
 
-from train.bench import PRECISIONS, run_one, synthetic_training  # noqa: E402
+from train.bench import PRECISIONS, run_one, synthetic_training, wait  # noqa: E402
 
 REFERENCE = "reference"  # the side of a measurement that is not one of the project's precisions
 DEFAULT_PEER_BENCH = Path(__file__).resolve().parents[2] / "shared" / "peer" / "bench_peer.py"
@@ -177,7 +177,7 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
     model's preset for `size` under `precision`."""
     if kind == "train":
         with synthetic_training(model, size, batch, precision) as (training, data):
-            return timed(lambda: float(training.train_step(data)[0]["gen/total"]), batch, iters, warmup)
+            return timed(lambda: wait(training.train_step(data)), batch, iters, warmup)
 
     import tensorflow as tf
 
