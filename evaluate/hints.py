@@ -138,6 +138,7 @@ def plot(results: dict, path: Path, references: dict[str, float]) -> None:
     axes.set_xscale("symlog", linthresh=1)
     counts = sorted(int(n) for n in next(iter(results["psnr"].values())))
     axes.set_xticks(counts, [str(n) for n in counts])
+    axes.set_xlim(-0.3, counts[-1] * 1.3)  # symlog's margins would reach far below 0
     patch = results["patch"]
     revealed = {0: "squares of 1 to 9 px, as in training", 1: "single pixels"}.get(patch, f"squares of {patch} px")
     axes.set_xlabel(f"local hints revealed ({revealed})")
