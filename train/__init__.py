@@ -4,4 +4,5 @@ config.py   the training config and the command line
 steps.py    one step per model (same names as models.MODELS)
 loop.py     strategy, compiled step, checkpoints and resume, validation, NaN guard
 summaries.py  TensorBoard, metrics.jsonl, loss_curves.png, sample grids
+workers.py  one run trained by N local worker processes (make train WORKERS=N)
 """
