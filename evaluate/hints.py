@@ -56,16 +56,23 @@ GLOBAL_HINTS = ("none", "own", "same_class")
 DEFAULT_POINTS = (0, 1, 2, 5, 10, 20, 50, 100)
 
 
-def split_photos(shards: dataset.Shards, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Every tile of a split: (source ids, uint8 RGB [N, S, S, 3], labels [N] int, -1 where none)."""
-    ids, rgb, labels = [], [], []
+def split_labels(shards: dataset.Shards, split: str) -> tuple[list[str], np.ndarray]:
+    """Every tile of a split in shard order: (source ids, labels [N] int, -1 where none)."""
+    ids, labels = [], []
     for record in shards.records(split):
         ids.append(record["source_id"].numpy().decode())
-        rgb.append(record["rgb"].numpy())
         labels.append(int(record["label"]))
-    if not rgb:
+    if not ids:
         raise ValueError(f"{shards.folder}: split {split!r} has no tiles")
-    return ids, np.stack(rgb), np.array(labels)
+    return ids, np.array(labels)
+
+
+def split_tiles(shards: dataset.Shards, split: str, indices: np.ndarray) -> np.ndarray:
+    """uint8 RGB tiles [len(indices), S, S, 3] of a split, by index in shard order (repeats allowed):
+    only the ones asked for are kept, so that a large split need not fit in memory."""
+    wanted = set(int(i) for i in indices)
+    kept = {index: record["rgb"].numpy() for index, record in enumerate(shards.records(split)) if index in wanted}
+    return np.stack([kept[int(i)] for i in indices])
 
 
 def evaluated_indices(count: int, limit: int) -> np.ndarray:
@@ -210,22 +217,23 @@ def main(argv: list[str] | None = None) -> int:
         shards = dataset.Shards(args.data)
         shards.require_color("the scores need the true colour")
         split = args.split or ("test" if "test" in shards.splits and shards.splits["test"].tiles else "val")
-        ids, rgb, labels = split_photos(shards, split)
+        ids, labels = split_labels(shards, split)
         stride = saved.model_config.stride
-        if rgb.shape[1] % stride or rgb.shape[2] % stride:
-            raise ConfigError(f"{args.data}: {rgb.shape[2]}x{rgb.shape[1]} tiles; the run needs sides that are multiples of {stride}")
+        if shards.tile_size % stride:
+            raise ConfigError(f"{args.data}: tiles of {shards.tile_size} px; the run needs sides that are multiples of {stride}")
         generator = models.build_from_run(args.run, args.checkpoint)["generator"]
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"evaluate.hints: {error}", file=sys.stderr)
         return 2
 
-    chosen = evaluated_indices(len(rgb), args.limit)
-    truth = rgb[chosen]
+    chosen = evaluated_indices(len(ids), args.limit)
+    truth = split_tiles(shards, split, chosen)
     global_hints: dict[str, np.ndarray | None] = {"none": None}
     global_hints["own"] = hints.global_hint(color.rgb_to_model(truth)[1]).numpy()
     partners = same_class_partners(labels, chosen, args.seed)
     if (partners >= 0).all():
-        global_hints["same_class"] = hints.global_hint(color.rgb_to_model(rgb[partners])[1]).numpy()
+        partner_tiles = split_tiles(shards, split, partners)
+        global_hints["same_class"] = hints.global_hint(color.rgb_to_model(partner_tiles)[1]).numpy()
     else:
         print(f"evaluate.hints: {int((partners < 0).sum())} of {len(chosen)} photos have no other photo of their class "
               f"(or no labels); leaving out the same-class reference", file=sys.stderr)  # fmt: skip

@@ -16,9 +16,9 @@ from evaluate import hints as hints_eval
 from evaluate.metrics import psnr
 from models import guided, hints
 from models.guided import GuidedConfig
-from preprocess import color
+from preprocess import color, schema
 from preprocess.dataset import Shards
-from tests.helpers import make_run
+from tests.helpers import make_run, photo
 from train import loop, steps
 from train.__main__ import main
 from train.config import TrainConfig
@@ -235,9 +235,12 @@ def test_the_hint_curve_scores_the_photos_make_evaluate_scores(tiny_shards, tmp_
 
     shards = Shards(tiny_shards)
     expected_ids = sorted(record["source_id"].numpy().decode() for record in shards.records("val", 5))
-    ids, rgb, _ = hints_eval.split_photos(shards, "val")
+    ids, _ = hints_eval.split_labels(shards, "val")
     chosen = hints_eval.evaluated_indices(len(ids), 5)
     assert sorted(ids[i] for i in chosen) == expected_ids
+    truth = hints_eval.split_tiles(shards, "val", chosen)
+    tiles = {record["source_id"].numpy().decode(): record["rgb"].numpy() for record in shards.records("val")}
+    np.testing.assert_array_equal(truth, np.stack([tiles[ids[i]] for i in chosen]))
 
     assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}", "--split=val", "--limit=5", "--points=0,2,30",
                             f"--out={tmp_path / 'reports'}", "--name=t", f"--plot={tmp_path / 'docs' / 'h.png'}",
@@ -247,7 +250,6 @@ def test_the_hint_curve_scores_the_photos_make_evaluate_scores(tiny_shards, tmp_
     assert set(results["psnr"]) == {"none", "own"}  # the tiny shards have no labels: no same-class reference
     assert all(set(curve) == {"0", "2", "30"} for curve in results["psnr"].values())
     # no hints at all is the automatic colorization, scored as make evaluate scores it
-    truth = rgb[chosen]
     gray, _ = color.rgb_to_model(truth)
     automatic = color.model_to_rgb(gray, generator(gray)).numpy()
     assert results["psnr"]["none"]["0"] == pytest.approx(np.mean([psnr(t, o) for t, o in zip(truth, automatic)]), abs=1e-4)
@@ -266,3 +268,32 @@ def test_the_hint_curve_refuses_runs_of_other_models_and_bad_settings(tiny_shard
     assert "--points=1,x" in capsys.readouterr().err
     assert hints_eval.main([f"--run={run}", f"--data={tiny_shards}", "--patch=10"]) == 2
     assert "--patch must be in 0..9" in capsys.readouterr().err
+
+
+def test_the_same_class_reference_is_another_photo_of_the_class(tmp_path):
+    # a labelled test split of six 16 px tiles, classes 0 and 1 in turn
+    data = tmp_path / "labelled"
+    data.mkdir()
+    tiles = np.stack([photo(16, 16, seed=i) for i in range(6)])
+    name = schema.shard_name("test", 0, 1)
+    with tf.io.TFRecordWriter(str(data / name)) as writer:
+        for i, tile in enumerate(tiles):
+            writer.write(schema.encode(tile, f"test/{i}", label=i % 2))
+    manifest = {"schema_version": schema.SCHEMA_VERSION, "splits": {"test": {"shards": [name], "tiles": 6}},
+                "options": {"size": 16, "compression": None}, "label_names": ["even", "odd"]}  # fmt: skip
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run = tmp_path / "run"
+    generator = models.build("guided", GuidedConfig(**TINY))["generator"]
+    models.write_run_config(run, "guided", GuidedConfig(**TINY), TrainConfig(data=str(data)), {"tile_size": 16})
+    tf.train.Checkpoint(generator=generator).save(str(run / models.CHECKPOINT_DIR / "ckpt"))
+
+    assert hints_eval.main([f"--run={run}", f"--data={data}", "--points=0", f"--out={tmp_path}", "--name=r"]) == 0
+    results = json.loads((tmp_path / "r" / "hints.json").read_text())
+    assert results["split"] == "test" and results["photos"] == 6
+    partners = hints_eval.same_class_partners(np.arange(6) % 2, np.arange(6))
+    assert all(p != i and p % 2 == i % 2 for i, p in enumerate(partners))
+    gray, _ = color.rgb_to_model(tiles)
+    reference = hints.global_hint(color.rgb_to_model(tiles[partners])[1])
+    output = color.model_to_rgb(gray, generator([gray, hints.no_local_hints(gray), reference])).numpy()
+    expected = np.mean([psnr(t, o) for t, o in zip(tiles, output)])
+    assert results["psnr"]["same_class"]["0"] == pytest.approx(expected, abs=1e-4)
