@@ -58,7 +58,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         from one replica's batch of them all: N replicas keep one replica's moving statistics."""
         x = tf.cast(inputs, tf.float32)
         mean, variance = keras.ops.moments(x, axes=[0, 1, 2], synchronized=True)  # [C] each, biased
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        context = tf.distribute.get_replica_context()  # None outside strategy.run: local moments then
+        replicas = context.num_replicas_in_sync if context else 1
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]) * replicas, tf.float32)  # pixels per channel
         factor = 1.0 - self.momentum
         self.moving_mean.assign((1.0 - factor) * self.moving_mean + factor * mean)
