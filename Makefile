@@ -51,7 +51,7 @@ help:
 	@echo "make test                 the test suite"
 	@echo "make test-beam            make data RUNNER=beam's tests, in .venv-beam with Apache Beam"
 	@echo "make data SOURCE=... SIZE=... MODE=... OUT=... [DOMAIN=gray] [RUNNER=beam] ARGS='--key=value ...'"
-	@echo "make train MODEL=cgan|regression|zhang|iizuka|cyclegan DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
+	@echo "make train MODEL=cgan|regression|zhang|iizuka|cyclegan|guided DATA=... RUN=... STEPS=n|EPOCHS=n ARGS='--key=value ...'"
 	@echo "make train MODEL=cyclegan DATA=<colour shards> GRAY_DATA=<shards of DOMAIN=gray> ...   unpaired, from real gray photos"
 	@echo "make train WORKERS=2 ...  one run trained by 2 local worker processes (MultiWorkerMirroredStrategy)"
 	@echo "make export RUN=runs/<name> [VERSION=n]   a SavedModel for TF Serving in exports/"
