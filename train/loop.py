@@ -642,8 +642,8 @@ def _check_same_start(strategy: tf.distribute.Strategy, start: int, run_dir: Pat
     steps = [round(value) for value in _agreed(strategy, dict(enumerate(mine))).values()]
     if len(set(steps)) > 1:
         raise ConfigError(f"the workers resumed at steps {steps} (worker 0 first): each must read the chief's "
-                          f"{run_dir / models.CHECKPOINT_DIR}, so the run folder must be on storage every worker "
-                          f"reads (a shared file system, GCS, S3)")  # fmt: skip
+                          f"{run_dir / models.CHECKPOINT_DIR}, so the run folder must be on a file system every "
+                          f"worker mounts at the same path (NFS, a ReadWriteMany volume)")  # fmt: skip
 
 
 def _last_good(manager: tf.train.CheckpointManager, run_dir: Path) -> str:
