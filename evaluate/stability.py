@@ -7,8 +7,10 @@ The score of a colour sequence is the mean ab change between consecutive frames,
 units, over the pixels whose lightness barely changed (|dL| < STILL_LIGHTNESS): where the
 scene holds still, its colours should too, and any change there is flicker. Lower is
 steadier; 0 is a sequence whose still pixels never change colour. Pixels that moved or
-changed light are left out, since their colour may rightly change. The colorized frames
-keep the source's L, so "still" is judged on the same pixels for every colorization. A gray
+changed light are left out, since their colour may rightly change. Comparing colorizations
+of one source, "still" is judged on the source's L, so every colorization is scored on the
+same pixels (a colorization keeps the source's L, except where a colour out of the sRGB
+gamut is clipped). A gray
 sequence is perfectly steady, so the score is printed beside the mean chroma sqrt(a^2 + b^2)
 of the frames: steadiness bought with dullness shows there.
 
@@ -57,11 +59,14 @@ class Stability:
         self.pixels = 0  # all pixels of the pairs
         self.chroma_sum = 0.0  # chroma over every pixel of every frame
         self.chroma_pixels = 0
-        self._previous: np.ndarray | None = None
+        self._previous: np.ndarray | None = None  # Lab [H, W, 3] of the last frame, L replaced by `lightness`
 
-    def add(self, rgb: np.ndarray) -> None:
-        """One frame, uint8 RGB [H, W, 3], the size of the others."""
+    def add(self, rgb: np.ndarray, lightness: np.ndarray | None = None) -> None:
+        """One frame, uint8 RGB [H, W, 3], the size of the others; `lightness` [H, W] (0..100):
+        the L that decides which pixels are still (default: the frame's own)."""
         lab = color.rgb_to_lab(np.asarray(rgb, np.uint8)).numpy().astype(np.float64)  # [H, W, 3]
+        if lightness is not None:
+            lab[..., 0] = lightness
         self.chroma_sum += float(np.hypot(lab[..., 1], lab[..., 2]).sum())
         self.chroma_pixels += lab.shape[0] * lab.shape[1]
         if self._previous is not None:
@@ -104,16 +109,18 @@ def stability(frames: Iterable[np.ndarray], still_lightness: float = STILL_LIGHT
 def compare(colorizer, source: Path, hints: list, reference: bytes, size: int | None = None,
             still_lightness: float = STILL_LIGHTNESS, batch_frames: int = 16) -> dict[str, Stability]:  # fmt: skip
     """Colorize a sequence frame by frame ("automatic") and guided ("guided", with `hints` and the
-    encoded `reference`), scoring both as the frames come: {"automatic": ..., "guided": ...}."""
+    encoded `reference`), scoring both as the frames come, still pixels judged on the source's
+    L: {"automatic": ..., "guided": ...}."""
     scores = {"automatic": Stability(still_lightness), "guided": Stability(still_lightness)}
     batch: list[np.ndarray] = []
 
     def flush() -> None:
         frames = np.stack(batch)
-        for frame in colorizer.colorize_batch(frames, size):
-            scores["automatic"].add(frame)
-        for frame in colorizer.colorize_batch(frames, size, hints=hints, reference=reference):
-            scores["guided"].add(frame)
+        lightness = color.rgb_to_lab(frames).numpy()[..., 0]  # [N, H, W]
+        for frame, source in zip(colorizer.colorize_batch(frames, size), lightness):
+            scores["automatic"].add(frame, source)
+        for frame, source in zip(colorizer.colorize_batch(frames, size, hints=hints, reference=reference), lightness):
+            scores["guided"].add(frame, source)
         batch.clear()
 
     for index, (_, frame) in enumerate(read_sequence(source).frames()):

@@ -265,6 +265,12 @@ def test_stability_is_the_mean_ab_change_on_pixels_whose_lightness_held_still():
     assert stability.stability(half).score == pytest.approx(5.0, abs=0.4)
     assert np.isnan(stability.stability(frames[:1]).score)  # one frame: no pair
 
+    # Judged on another L (the source's, when colorizations are compared): the right half is still too.
+    source = stability.Stability()
+    for frame in frames:
+        source.add(frame, lightness=np.full(frame.shape[:2], 50.0))
+    assert source.still_fraction == 1.0 and source.score == pytest.approx(10.0, abs=0.3)  # 20 on half, 0 on half
+
 
 def test_stability_command_scores_sequences_as_they_are(tmp_path, capsys):
     folder = tmp_path / "flicker"

@@ -302,8 +302,11 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, tmp_pat
     result = json.loads(scores.read_text())[str(tmp_path / "reel")]
     colorizer = Colorizer(export_dir)
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
-    alone = stability.stability(colorizer.colorize(frame) for frame in frames)
-    guided_score = stability.stability(colorizer.colorize(frame, hints=HINTS[:1], reference=reference) for frame in frames)
+    alone, guided_score = stability.Stability(), stability.Stability()
+    for frame in frames:  # still pixels judged on the source frame's L, for both
+        lightness = color.rgb_to_lab(frame).numpy()[..., 0]
+        alone.add(colorizer.colorize(frame), lightness)
+        guided_score.add(colorizer.colorize(frame, hints=HINTS[:1], reference=reference), lightness)
     assert result["automatic"]["score"] == pytest.approx(alone.score)
     assert result["guided"]["score"] == pytest.approx(guided_score.score)
     assert result["automatic"]["frames"] == 4 and result["steadier"] == pytest.approx(alone.score / guided_score.score)
