@@ -181,7 +181,7 @@ sensitive to other jobs on the cores. "same": the run's manifest (date aside) an
 of its decoded records (source id, label, pixels) equal the first run's of the case.
 {listed}
 
-| case | run | photos | tiles | seconds | photos/s | CPU | CPU seconds | photos per CPU second | peak MiB | load before / after | same |
+| case | run | photos | tiles | seconds | photos/s | CPU | CPU seconds | photos per CPU second | peak MiB (largest process) | load before / after | same |
 |---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
