@@ -2,10 +2,11 @@
 MultiWorkerMirroredStrategy on 127.0.0.1 training one run.
 
 The tests that start TensorFlow processes are marked `multiworker` (deselect them with
-`-m "not multiworker"`): about a minute together on two cores. The runs are tiny (a U-Net of depth 5 and
+`-m "not multiworker"`): four launches of two workers, 2.5 to 4 minutes on two cores that other
+jobs kept busy, most of it starting TensorFlow. The runs are tiny (a U-Net of depth 5 and
 width 4 on 32 px tiles, batch 4, 8 steps) and deterministic: float32, op determinism, no
-dropout (each replica draws its own masks from the same seed state, so dropout could not
-match a one-worker run).
+dropout (every replica draws the same masks from the same seed state, where one worker
+draws other masks for the second half of its batch).
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def _checkpoint_values(path: Path) -> dict[str, np.ndarray]:
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter")}  # fmt: skip
 
 
-def _launch(data: Path, run: Path, scratch: Path, **options) -> subprocess.Popen:
+def _launch(data: Path, run: Path, scratch: Path) -> subprocess.Popen:
     """The launcher on `run`, its output in run.with_suffix(".out"); TMPDIR=`scratch` shows
     where the other workers' checkpoints went."""
     scratch.mkdir(exist_ok=True)
-    output = open(run.with_suffix(".out"), "w")  # noqa: SIM115 (closed with the process below)
     env = {**os.environ, "TMPDIR": str(scratch)}
-    return subprocess.Popen([*LAUNCHER, f"--data={data}", f"--run={run}", *SETTINGS], stdout=output,
-                            stderr=subprocess.STDOUT, env=env, **options)  # fmt: skip
+    with open(run.with_suffix(".out"), "w") as output:  # the launcher keeps its own copy
+        return subprocess.Popen([*LAUNCHER, f"--data={data}", f"--run={run}", *SETTINGS], stdout=output,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
 
 
 def _finish(process: subprocess.Popen, run: Path, timeout: float = 600) -> tuple[int, str]:
