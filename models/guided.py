@@ -116,7 +116,8 @@ def guided_network(config: GuidedConfig, name: str = "network") -> keras.Model:
 
     for block, (multiple, convolutions, source) in enumerate(_DECODER, start=8):
         # [B, H / 2**(10-block), W / 2**(10-block), multiple b]
-        up = keras.layers.Conv2DTranspose(multiple * b, 4, strides=2, padding="same", name=f"conv{block}_up")(x)
+        # unet's: Keras's own sums a transposed convolution's bias gradient in bf16, which stalls
+        up = unet.Conv2DTranspose(multiple * b, 4, strides=2, padding="same", name=f"conv{block}_up")(x)
         shortcut = keras.layers.Conv2D(multiple * b, 3, padding="same", name=f"conv{block}_shortcut")(skips[source])
         x = keras.layers.ReLU(name=f"conv{block}_join")(keras.layers.Add(name=f"conv{block}_add")([up, shortcut]))
         for i in range(1, convolutions + 1):

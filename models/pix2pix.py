@@ -69,13 +69,13 @@ def patchgan_discriminator(config: CGANConfig, name: str = "discriminator",
         # i < disc_layers: [B, H / 2**(i+1), W / 2**(i+1), width]; the last block keeps the size
         strides = 2 if i < config.disc_layers else 1
         width = min(config.disc_base_width * 2**i, 8 * config.disc_base_width)
-        x = keras.layers.Conv2D(width, config.kernel_size, strides=strides, padding="same", use_bias=i == 0,
+        x = unet.Conv2D(width, config.kernel_size, strides=strides, padding="same", use_bias=i == 0,
                                 kernel_initializer=init, name=f"block{i + 1}_conv")(x)  # fmt: skip
         if i > 0:  # pix2pix: no norm on the first block
             x = norm(f"block{i + 1}_norm")(x)
         x = keras.layers.LeakyReLU(0.2, name=f"block{i + 1}_act")(x)
     # [B, H / 2**disc_layers, W / 2**disc_layers, 1]
-    x = keras.layers.Conv2D(1, config.kernel_size, padding="same", kernel_initializer=init, name="logits_conv")(x)
+    x = unet.Conv2D(1, config.kernel_size, padding="same", kernel_initializer=init, name="logits_conv")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(images if len(images) > 1 else images[0], logits, name=name)
 

@@ -1,4 +1,4 @@
-"""The fused kernels the models train with compute what Keras's own layers and Adam compute."""
+"""The fused kernels and custom gradients the models train with compute what Keras's own layers and Adam compute."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from models import unet
 from models.unet import FusedBatchNormalization
 from train.loop import FusedAdam
 
@@ -91,3 +92,55 @@ def test_fused_adam_matches_keras_adam_and_restores_its_checkpoint(tmp_path):
     tf.train.Checkpoint(weights=restored_variable, optimizer=restored_optimizer).restore(path).assert_consumed()
     for restored, saved in zip(restored_optimizer.variables, optimizer.variables, strict=True):
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
+
+
+def _convolve(layer: keras.layers.Layer, images: tf.Tensor) -> tuple[list[np.ndarray], set[str]]:
+    """Outputs and gradients (images, kernel, bias) of `layer`, and the dtypes its weight gradient ran in."""
+    layer.build(images.shape)
+    layer.kernel.assign(np.random.default_rng(1).normal(0.0, 0.2, layer.kernel.shape))
+    layer.bias.assign(np.arange(layer.filters) * 0.1)
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = tf.cast(layer(images), tf.float32)
+            loss = tf.reduce_sum(outputs**2)
+        return [outputs, *tape.gradient(loss, [images, layer.kernel, layer.bias])]
+
+    graph = forward_backward.get_concrete_function().graph.as_graph_def()
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    weight_gradient_dtypes = {tf.dtypes.as_dtype(node.attr["T"].type).name for node in nodes
+                              if node.op == "Conv2DBackpropFilter"}  # fmt: skip
+    return [tensor.numpy() for tensor in forward_backward()], weight_gradient_dtypes
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
+@pytest.mark.parametrize(
+    "project_layer, keras_layer, shape, padding",
+    [
+        (unet.Conv2D, keras.layers.Conv2D, (4, 8, 8, 5), "same"),  # 4 x 4 x 4 positions: float32 weight gradient in bf16
+        (unet.Conv2D, keras.layers.Conv2D, (40, 16, 16, 5), "valid"),  # 40 x 7 x 7: bf16 stays
+        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (4, 3, 5, 5), "same"),
+        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (40, 8, 8, 5), "same"),
+        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (4, 3, 5, 5), "valid"),
+    ],
+)
+def test_convolutions_compute_what_keras_computes_in_float32(policy, project_layer, keras_layer, shape, padding):
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    ours, our_dtypes = _convolve(project_layer(6, 4, strides=2, padding=padding), images)
+    keras.mixed_precision.set_global_policy("float32")
+    exact, _ = _convolve(keras_layer(6, 4, strides=2, padding=padding), images)
+    # bf16 keeps 8 significant bits; every result, the bias gradient's sum over all positions
+    # included, stays within a few of them of float32's (Keras's own bf16 transposed
+    # convolution sums its bias gradient in bf16, which stalls: up to 5 times too small here)
+    tolerance = 1e-5 if policy == "float32" else 2e-2
+    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
+        assert mine.shape == reference.shape, name
+        np.testing.assert_allclose(mine, reference, atol=tolerance * np.abs(reference).max(), err_msg=name)
+    positions = min(shape[0] * shape[1] * shape[2], ours[0].shape[0] * ours[0].shape[1] * ours[0].shape[2])
+    if policy == "float32":
+        assert our_dtypes == {"float32"}
+    else:
+        expected = "float32" if positions <= unet.FLOAT32_WEIGHT_GRADIENT_POSITIONS else "bfloat16"
+        assert our_dtypes == {expected}, f"{positions} positions"
