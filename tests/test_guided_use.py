@@ -57,6 +57,12 @@ def guided(tmp_path_factory) -> tuple[Path, object]:
     return folder / "exports" / "guided" / "1", generator
 
 
+@pytest.fixture(scope="module")
+def colorizer(guided) -> Colorizer:
+    """The guided export loaded once: loading traces its five signatures, seconds each."""
+    return Colorizer(guided[0])
+
+
 def reference_photo() -> np.ndarray:
     """uint8 RGB [30, 40, 3]: warm on the left, cool on the right."""
     rgb = np.zeros((30, 40, 3), np.uint8)
@@ -147,7 +153,7 @@ def test_bad_hints_and_gray_references_are_refused_by_the_graph(guided):
             signature(image_bytes=data, **guidance_feed(hints, reference))
 
 
-def test_the_export_says_it_takes_hints_and_automatic_exports_keep_their_signatures(guided, exported):
+def test_the_export_says_it_takes_hints_and_automatic_exports_keep_their_signatures(guided, colorizer, exported):
     export_dir, _ = guided
     info = json.loads((export_dir / INFO_FILE).read_text())
     assert info["hints"] is True and info["model"] == "guided"
@@ -159,10 +165,10 @@ def test_the_export_says_it_takes_hints_and_automatic_exports_keep_their_signatu
     assert plain["hints"] is False and set(plain["signatures"]) == {"serving_default", "colorize_image",
                                                                      "colorize_at_size"}  # fmt: skip
     assert set(tf.saved_model.load(str(exported)).signatures) == set(plain["signatures"])
-    assert not Colorizer(exported).takes_hints and Colorizer(export_dir).takes_hints
+    assert not Colorizer(exported).takes_hints and colorizer.takes_hints
 
 
-def test_tf_serving_rest_requests_with_hints_as_the_readme_sends_them(guided, exported):
+def test_tf_serving_rest_requests_with_hints_as_the_readme_sends_them(guided, colorizer, exported):
     export_dir, _ = guided
     server = FakeServing(export_dir, "guided")
     try:
@@ -170,7 +176,6 @@ def test_tf_serving_rest_requests_with_hints_as_the_readme_sends_them(guided, ex
         assert client.takes_hints()
         rgb = photo(40, 60, seed=5)
         reference = guidance.png_bytes(reference_photo())
-        colorizer = Colorizer(export_dir)
         np.testing.assert_array_equal(client.colorize(rgb, hints=HINTS, reference=reference),
                                       colorizer.colorize(rgb, hints=HINTS, reference=reference))  # fmt: skip
         # The README's request: plain JSON, empty lists and an empty reference for "none".
@@ -198,7 +203,7 @@ def write_hints(path: Path, hints: list[Hint], spelling: str = "colour") -> Path
     return path
 
 
-def test_colorize_with_hints_and_a_reference(guided, tmp_path, capsys):
+def test_colorize_with_hints_and_a_reference(guided, colorizer, tmp_path, capsys):
     export_dir, _ = guided
     rgb = photo(40, 60, seed=6)
     Image.fromarray(rgb).save(tmp_path / "old.png")
@@ -208,9 +213,9 @@ def test_colorize_with_hints_and_a_reference(guided, tmp_path, capsys):
     assert colorize.main(["--model", str(export_dir), "--output", str(out), "--hints", str(hints), "--reference",
                           str(tmp_path / "reference.jpg"), str(tmp_path / "old.png")]) == 0  # fmt: skip
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.jpg"))
-    expected = Colorizer(export_dir).colorize(rgb, hints=HINTS, reference=reference)
+    expected = colorizer.colorize(rgb, hints=HINTS, reference=reference)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "old.png")), expected)
-    assert not np.array_equal(expected, Colorizer(export_dir).colorize(rgb))
+    assert not np.array_equal(expected, colorizer.colorize(rgb))
     assert "colorized 1 of 1 photos" in capsys.readouterr().err
 
 
@@ -240,7 +245,7 @@ def test_colorize_refuses_unusable_hints_and_references_in_one_line(guided, expo
     assert "Traceback" not in err
 
 
-def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, tmp_path, capsys):
+def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, colorizer, tmp_path, capsys):
     export_dir, _ = guided
     frames = [photo(24, 36, seed=index) for index in range(5)]
     (tmp_path / "reel").mkdir()
@@ -255,7 +260,6 @@ def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, t
                           "--format=png", str(tmp_path / "reel")]) == 0  # fmt: skip
     assert sorted(path.name for path in (out / "reel").iterdir()) == [f"{index:03d}.png" for index in range(5)]
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
-    colorizer = Colorizer(export_dir)
     for index, frame in enumerate(frames):  # each frame as if colorized alone with the same hints and reference
         np.testing.assert_array_equal(np.asarray(Image.open(out / "reel" / f"{index:03d}.png")),
                                       colorizer.colorize(frame, hints=hints, reference=reference))  # fmt: skip
@@ -267,7 +271,7 @@ def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, t
     assert "--sequence takes folders of frames or videos" in capsys.readouterr().err
 
 
-def test_colorize_a_video_into_an_mp4_at_its_frame_rate(guided, tmp_path, capsys):
+def test_colorize_a_video_into_an_mp4_at_its_frame_rate(guided, colorizer, tmp_path, capsys):
     pytest.importorskip("imageio_ffmpeg", reason="the optional extra `video` is not installed")
     export_dir, _ = guided
     with sequence.VideoOut(tmp_path / "clip.mp4", 10.0) as video:
@@ -283,12 +287,12 @@ def test_colorize_a_video_into_an_mp4_at_its_frame_rate(guided, tmp_path, capsys
     colour = [frame for _, frame in written.frames()]
     assert written.fps == 10.0 and len(colour) == 4 and colour[0].shape == (32, 48, 3)
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
-    expected = Colorizer(export_dir).colorize(source[0], reference=reference)
+    expected = colorizer.colorize(source[0], reference=reference)
     assert np.abs(colour[0].astype(int) - expected).mean() < 6  # through H.264 once more
     assert "4 frames into" in capsys.readouterr().err
 
 
-def test_stability_command_compares_guided_with_each_frame_alone(guided, tmp_path, capsys):
+def test_stability_command_compares_guided_with_each_frame_alone(guided, colorizer, tmp_path, capsys):
     export_dir, _ = guided
     (tmp_path / "reel").mkdir()
     frames = [photo(24, 32, seed=0)] * 2 + [photo(24, 32, seed=1)] * 2  # a cut in the middle
@@ -300,7 +304,6 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, tmp_pat
     assert stability.main(["--model", str(export_dir), "--reference", str(tmp_path / "reference.png"), "--hints",
                            str(tmp_path / "hints.json"), f"--json={scores}", str(tmp_path / "reel")]) == 0  # fmt: skip
     result = json.loads(scores.read_text())[str(tmp_path / "reel")]
-    colorizer = Colorizer(export_dir)
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
     alone, guided_score = stability.Stability(), stability.Stability()
     for frame in frames:  # still pixels judged on the source frame's L, for both
@@ -342,9 +345,8 @@ def download(client, page_or_url: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("through", ["export", "tf_serving"])
-def test_the_page_colorizes_again_with_hints_and_a_reference(guided, tmp_path, through):
+def test_the_page_colorizes_again_with_hints_and_a_reference(guided, colorizer, tmp_path, through):
     export_dir, _ = guided
-    colorizer = Colorizer(export_dir)
     server = FakeServing(export_dir, "guided") if through == "tf_serving" else None
     try:
         colorize_fn = ServingClient(server.url).colorize if server else colorizer.colorize
@@ -378,9 +380,7 @@ def test_the_page_colorizes_again_with_hints_and_a_reference(guided, tmp_path, t
             server.shutdown()
 
 
-def test_the_page_refuses_bad_hints_and_references_with_the_reason(guided, tmp_path):
-    export_dir, _ = guided
-    colorizer = Colorizer(export_dir)
+def test_the_page_refuses_bad_hints_and_references_with_the_reason(colorizer, tmp_path):
     client = create_app(colorizer.colorize, "guided v1", [], tmp_path / "a.sqlite", guided=True).test_client()
     location, _ = upload_photo(client, photo(40, 60))
     for hints, reference, message in [
@@ -398,13 +398,11 @@ def test_the_page_refuses_bad_hints_and_references_with_the_reason(guided, tmp_p
     assert guide(plain, location, HINTS).status_code == 400
 
 
-def test_hints_placed_by_clicks_in_headless_chromium(browser, guided, tmp_path):  # noqa: F811
+def test_hints_placed_by_clicks_in_headless_chromium(browser, colorizer, tmp_path):  # noqa: F811
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    export_dir, _ = guided
-    colorizer = Colorizer(export_dir)
     app = create_app(colorizer.colorize, colorizer.label, [], tmp_path / "answers.sqlite", guided=True)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
