@@ -28,6 +28,19 @@ TILE_SIZE = 32
 SPLIT_TILES = {"train": 40, "val": 16}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_collective_keys():
+    """Each test's MirroredStrategy numbers its collectives from a base of its own.
+
+    The numbers restart with every strategy, and the process caches each collective's shape
+    by them, so a later test's all-reduce met an earlier test's ("Shape mismatch in the
+    collective instance 121 ... expected shape [4] but another member ... [8]"). TensorFlow's
+    own tests set this class attribute for the same reason.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+    yield
+
+
 def _smooth_tiles(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
     """uint8 [count, size, size, 3]: random colour blobs (4x4 noise upsampled), not pure noise,
     so that sample grids look like something and colour correlates with lightness a little."""
