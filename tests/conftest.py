@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from preprocess import schema
 from tests.helpers import make_export
@@ -26,6 +28,15 @@ tf.config.set_logical_device_configuration(
 
 TILE_SIZE = 32
 SPLIT_TILES = {"train": 40, "val": 16}
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Training runs may turn on op determinism (--deterministic) and change the dtype policy
+    (restored by train.loop.runtime): neither may leak into the next test."""
+    yield
+    tf_config.disable_op_determinism()
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 @pytest.fixture(autouse=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tensorflow.python.framework import config as tf_config
 
 import models
 from export import __main__ as export_cli
@@ -27,14 +27,6 @@ from train.config import TrainConfig
 TINY = {"resnet_blocks": 1, "resnet_width": 4, "disc_layers": 2, "disc_base_width": 4, "pool_size": 3}
 TINY_UNET = {**TINY, "generator": "unet", "depth": 3, "base_width": 4, "max_width": 8, "dropout_blocks": 1}
 TINY_ARGS = [f"--{key}={value}" for key, value in TINY.items()]
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Runs may turn on op determinism; the dtype policy must come back as float32."""
-    yield
-    tf_config.disable_op_determinism()
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def _batch(size: int = 2, side: int = 16) -> dict[str, tf.Tensor]:
@@ -136,11 +128,9 @@ def _args(data, run, *extra: str) -> list[str]:
             "--val_batches=1", "--sample_images=2", *extra]  # fmt: skip
 
 
-def test_a_resumed_unpaired_run_equals_one_that_never_stopped_and_exports(tiny_shards, tmp_path):
-    # The pools (size 3, batch 2) are full by step 2, so the resumed half draws from restored pools.
-    # Eager steps: three traces of the step would take most of a minute on two cores, and the
-    # pool under tf.function has its own test above.
-    common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", "--unpaired", "--eager"]
+def _stopped_and_resumed_equals_unbroken(tiny_shards, tmp_path, common: list[str]) -> tuple[Path, dict]:
+    """Trains 2 of 4 steps, resumes the run by its folder alone (the saved config), trains 4
+    straight, and asserts both ckpt-4 hold the same values; (the unbroken run, its values)."""
     stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
     assert main(_args(tiny_shards, stopped, *common, "--steps=2")) == 0
     assert main(["--model=cyclegan", f"--run={stopped}", "--steps=4"]) == 0
@@ -150,6 +140,15 @@ def test_a_resumed_unpaired_run_equals_one_that_never_stopped_and_exports(tiny_s
     assert resumed.keys() == reference.keys()
     for key in reference:
         np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    return unbroken, reference
+
+
+def test_a_resumed_unpaired_run_equals_one_that_never_stopped_and_exports(tiny_shards, tmp_path):
+    # The pools (size 3, batch 2) are full by step 2, so the resumed half draws from restored pools.
+    # Eager steps: three traces of the step would take most of a minute on two cores, and the
+    # pool under tf.function has its own test above.
+    common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", "--unpaired", "--eager"]
+    unbroken, reference = _stopped_and_resumed_equals_unbroken(tiny_shards, tmp_path, common)
     pool_keys = [key for key in reference if key.startswith(("pool_color/", "pool_gray/"))]
     assert {key.split("/")[1] for key in pool_keys} >= {"images", "count", "rng"}, pool_keys
     assert any(key.startswith("to_gray_optimizer/") for key in reference)
@@ -257,15 +256,7 @@ def test_a_run_on_gray_data_resumes_bit_identically_under_the_compiled_step(tiny
     # The pools (size 3, batch 2) are full by step 2, so the resumed half draws from restored pools;
     # both halves and the unbroken run trace the compiled step (no --eager) on their own.
     common = ["--steps=4", "--deterministic", "--lr_schedule=linear", "--checkpoint_every=2", f"--gray_data={gray_shards}"]
-    stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
-    assert main(_args(tiny_shards, stopped, *common, "--steps=2")) == 0
-    assert main(["--model=cyclegan", f"--run={stopped}", "--steps=4"]) == 0  # GRAY_DATA from the saved config
-    assert main(_args(tiny_shards, unbroken, *common)) == 0
-    resumed = _checkpoint_values(str(stopped / "ckpt" / "ckpt-4"))
-    reference = _checkpoint_values(str(unbroken / "ckpt" / "ckpt-4"))
-    assert resumed.keys() == reference.keys()
-    for key in reference:
-        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    unbroken, reference = _stopped_and_resumed_equals_unbroken(tiny_shards, tmp_path, common)
     assert int(reference["pool_gray/count/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
 
     # validated on DATA's val split (the scans have no colour truth); samples: gray | colorized | gray again | real

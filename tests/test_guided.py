@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tensorflow.python.framework import config as tf_config
 
 import models
 from evaluate import hints as hints_eval
@@ -134,14 +133,6 @@ def test_local_hints_from_points_centre_squares_and_clip_them_at_the_edges():
 
 TINY = {"base_width": 2, "global_layers": 2}
 TINY_ARGS = [f"--{key}={value}" for key, value in TINY.items()]
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Runs may turn on op determinism; the dtype policy must come back as float32."""
-    yield
-    tf_config.disable_op_determinism()
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def _batch(size: int = 4, side: int = 16) -> dict[str, tf.Tensor]:

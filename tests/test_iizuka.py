@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
 import models
 from models import iizuka
@@ -25,13 +24,6 @@ TINY = IizukaConfig(base_width=4, global_size=32)
 CLASSES = ("red", "green", "blue", "gray")
 LABELLED = types.SimpleNamespace(ab_prior=None, label_names=CLASSES)  # what a labelled Shards tells the step
 NO_LABELS_MESSAGE = "iizuka: the shards carry no class labels; training without the classification loss"
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    yield
-    tf_config.disable_op_determinism()
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
 import models
 from models.pix2pix import CGANConfig
@@ -33,14 +32,6 @@ TINY_MODELS = {
     "regression": RegressionConfig(**TINY_GENERATOR),
 }
 TINY_ARGS = [f"--{key}={value}" for key, value in TINY_GENERATOR.items()]
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Runs change the dtype policy (restored by loop.runtime) and may turn on op determinism."""
-    yield
-    tf_config.disable_op_determinism()
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def _batch(size: int = 4, seed: int = 0) -> dict[str, tf.Tensor]:

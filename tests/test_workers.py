@@ -18,10 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
-from tensorflow.python.framework import config as tf_config
 
 from preprocess.dataset import Shards
 from train import workers
@@ -32,14 +30,6 @@ SETTINGS = ["--model=regression", "--batch_size=4", f"--steps={STEPS}", "--check
             "--val_batches=1", "--sample_every=100", "--log_every=4", "--deterministic", "--precision=float32",
             "--depth=5", "--base_width=4", "--max_width=16", "--dropout_blocks=0"]  # fmt: skip
 LAUNCHER = [sys.executable, "-m", "train.workers", "--workers=2", "--"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    """A run in this process turns on op determinism."""
-    yield
-    tf_config.disable_op_determinism()
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def _checkpoint_values(path: Path) -> dict[str, np.ndarray]:

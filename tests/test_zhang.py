@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
 import models
 from models import zhang
@@ -22,13 +21,6 @@ from train.__main__ import main
 from train.config import TrainConfig
 
 TINY = ZhangConfig(base_width=2)
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    yield
-    tf_config.disable_op_determinism()
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def _bin(a: float, b: float) -> int:
