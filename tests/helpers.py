@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
 import json
 import threading
@@ -75,6 +76,44 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     coarse = rng.uniform(70, 200, (1, 4, 5, 3)).astype(np.float32)
     smooth = tf.image.resize(coarse, [height, width])[0].numpy()
     return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def ramp_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A colourful uint8 image with structure: colour ramps plus noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 5.0 + seed)], -1)
+    return np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+
+
+@functools.cache
+def _tiny_colours_builder() -> type:
+    """A TFDS builder of 10 train and 3 test photos, made once per process: TFDS registers
+    builders by name and refuses a second class called tiny_colours."""
+    import tensorflow_datasets as tfds
+
+    class TinyColours(tfds.core.GeneratorBasedBuilder):
+        """Prepared locally, so the source reads it without a download."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=["x", "y"])}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 10), "test": self._generate_examples(100, 3)}
+
+        def _generate_examples(self, first, count):
+            for i in range(count):
+                yield i, {"image": ramp_photo(40, 40, seed=first + i), "label": i % 2}
+
+    return TinyColours
+
+
+def prepare_tiny_colours(data_dir: Path) -> None:
+    """`tfds:tiny_colours` prepared in `data_dir`, for the TFDS source to read offline."""
+    _tiny_colours_builder()(data_dir=str(data_dir)).download_and_prepare()
 
 
 class FakeServing(ThreadingHTTPServer):

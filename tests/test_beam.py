@@ -18,6 +18,7 @@ from PIL import Image
 import preprocess
 from preprocess import __main__ as preprocess_cli
 from preprocess import dataset, shards, sources
+from tests.helpers import prepare_tiny_colours
 from tests.test_preprocess import bad_files, make, photo, photo_folder, write_cifar_batches
 
 try:
@@ -121,25 +122,7 @@ def test_beam_matches_the_local_writer_on_gray_only_shards(tmp_path):
 
 @needs_beam
 def test_beam_reads_a_prepared_tfds_dataset_as_the_local_writer(tmp_path):
-    import tensorflow_datasets as tfds
-
-    class TinyColours(tfds.core.GeneratorBasedBuilder):
-        """Prepared locally, so the source reads it without a download."""
-
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            features = {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=["x", "y"])}
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 7)}
-
-        def _generate_examples(self, first, count):
-            for i in range(count):
-                yield i, {"image": photo(40, 40, seed=first + i), "label": i % 2}
-
-    TinyColours(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    prepare_tiny_colours(tmp_path / "tfds")
     options = dict(source="tfds:tiny_colours", size=32, images_per_shard=4, tfds_dir=str(tmp_path / "tfds"))
     local_manifest, _ = make(tmp_path / "local", **options)
     beam_manifest, _ = make_beam(tmp_path / "beam", **options)

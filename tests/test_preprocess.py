@@ -14,14 +14,8 @@ import tensorflow as tf
 from PIL import Image
 
 from preprocess import color, dataset, schema, shards, sources, tiles
-
-
-def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A colourful uint8 image with structure: colour ramps plus noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 5.0 + seed)], -1)
-    return np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+from tests.helpers import prepare_tiny_colours
+from tests.helpers import ramp_photo as photo
 
 
 def photo_folder(root: Path, count: int, size=(48, 64)) -> Path:
@@ -311,25 +305,7 @@ def test_reachable_is_false_for_a_closed_port():
 
 
 def test_tfds_source_reads_a_prepared_dataset(tmp_path):
-    import tensorflow_datasets as tfds
-
-    class TinyColours(tfds.core.GeneratorBasedBuilder):
-        """Prepared locally, so the source reads it without a download."""
-
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            features = {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=["x", "y"])}
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 10), "test": self._generate_examples(100, 3)}
-
-        def _generate_examples(self, first, count):
-            for i in range(count):
-                yield i, {"image": photo(40, 40, seed=first + i), "label": i % 2}
-
-    TinyColours(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    prepare_tiny_colours(tmp_path / "tfds")
     for split, expected in (("train", {"train", "val"}), ("test", {"test"})):
         manifest, _ = make(tmp_path / split, source=f"tfds:tiny_colours:{split}", size=32, images_per_shard=4,
                            tfds_dir=str(tmp_path / "tfds"))
