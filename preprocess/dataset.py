@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -128,6 +129,8 @@ class Shards:
         drop_remainder: bool | None = None,
         domain: str | None = None,
         shard: tuple[int, int] = (1, 0),
+        sizes: Sequence[int] = (),
+        batches_per_size: int = 1,
     ) -> tf.data.Dataset:
         """One pass over a split as batches (see the module docstring); `.repeat()` it for more.
 
@@ -143,6 +146,11 @@ class Shards:
         same stream (seeded shuffles, an ordered read of READ_CYCLE shards at a time, so it
         needs `seed`) and each tile's flip and crop follow from its position in it, so the
         workers' batches of step s are the one-worker batch of step s, split without overlap.
+
+        sizes: multi-scale training (TrainConfig.scales); batch b is resized to a side of
+        sizes[(b // batches_per_size) mod n], antialiased, on its sRGB pixels (as a smaller
+        photo would have been made), so the replicas that take consecutive batches for one
+        step (`batches_per_size` of them) get one size.
         """
         count, index = shard
         if count > 1 and seed is None:
@@ -186,9 +194,13 @@ class Shards:
                 pixels = tf.image.resize_with_crop_or_pad(pixels, crop_size, crop_size)
             return pixels, example["label"]
 
+        batched = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training).batch(
+            batch_size, drop_remainder=drop_remainder)  # fmt: skip
+        if sizes:
+            batched = batched.enumerate().map(functools.partial(resize_batch, sizes=tuple(sizes),
+                                                                batches_per_size=batches_per_size))  # fmt: skip
         return (
-            records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-            .batch(batch_size, drop_remainder=drop_remainder)
+            batched
             # Lab conversion on whole batches: one vectorised op instead of one per tile.
             .map(gray_batch if self.domain == "gray" else to_batch, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
@@ -211,6 +223,25 @@ class Shards:
             color = self.batches(split, batch_size, **options).repeat()
         return tf.data.Dataset.zip(gray, color).map(
             lambda g, c: {"gray": g["gray"], "color": c["color"], "color_gray": c["gray"], "label": g["label"]})
+
+
+def resize_batch(index: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor], sizes: tuple[int, ...],
+                 batches_per_size: int) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
+    """Batch `index` of uint8 pixels [B, H, W, C] resized to its turn's side (Shards.batches' sizes)."""
+    pixels, label = batch
+
+    def to_side(side: int) -> Callable[[], tf.Tensor]:
+        def resized() -> tf.Tensor:
+            if pixels.shape[1] == side and pixels.shape[2] == side:
+                return pixels
+            # as the export shrinks a photo to its working size
+            small = tf.image.resize(tf.cast(pixels, tf.float32), [side, side], antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(small), 0.0, 255.0), tf.uint8)
+
+        return resized
+
+    turn = tf.cast((index // batches_per_size) % len(sizes), tf.int32)
+    return tf.switch_case(turn, [to_side(side) for side in sizes]), label
 
 
 def to_batch(rgb: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:

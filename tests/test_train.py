@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import models
+from preprocess import dataset
 from models.pix2pix import CGANConfig
 from models.regression import RegressionConfig
 from train import loop, steps
@@ -438,3 +439,93 @@ def test_cpu_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
 
         monkeypatch.setattr("builtins.open", fake_open)
         assert config_lib.cpu_has_bf16_units() is expected
+
+
+# ---------------------------------------------------------------------------------------
+# fine-tuning (--init_from) and several scales (--scales)
+
+# depth 4: sides divisible by 16, so that 32 px tiles can also train at 16 px
+SMALL_REGRESSION = ["--model=regression", "--depth=4", "--base_width=4", "--max_width=16", "--dropout_blocks=1",
+                    "--batch_size=4", "--val_batches=1", "--sample_images=2", "--deterministic"]  # fmt: skip
+
+
+def _regression(data: Path, run: Path, *extra: str) -> list[str]:
+    return [f"--data={data}", f"--run={run}", *SMALL_REGRESSION, *extra]
+
+
+def test_scaled_batches_take_their_sizes_in_turn_and_are_the_photos_made_smaller(tiny_shards):
+    tf.config.experimental.enable_op_determinism()  # the same shuffle twice (conftest turns it off again)
+    shards = dataset.Shards(tiny_shards)
+    common = {"training": True, "seed": 3}
+    plain = list(shards.batches("train", 4, **common).take(6))
+    scaled = list(shards.batches("train", 4, sizes=(32, 16), batches_per_size=2, **common).take(6))
+    assert [batch["gray"].shape[1] for batch in scaled] == [32, 32, 16, 16, 32, 32]
+    for before, after in zip(plain, scaled):
+        if after["gray"].shape[1] == 32:
+            np.testing.assert_array_equal(before["color"], after["color"])
+        else:
+            # a 2x smaller photo keeps its average colour (within the rounding to uint8)
+            np.testing.assert_allclose(tf.reduce_mean(after["color"], [1, 2]), tf.reduce_mean(before["color"], [1, 2]),
+                                       atol=0.02)  # fmt: skip
+            assert after["color"].dtype == before["color"].dtype
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--scales=1,0.3"], "--scales=1,0.3 makes 32 px images 10 px; --model=regression needs sides divisible by 16"),
+        (["--scales=2"], "--scales=2: each must be in (0, 1]"),
+        (["--scales=big"], "--scales=big: expected comma-separated numbers"),
+        (["--init_from=/nowhere/run"], "--init_from=/nowhere/run: neither a run folder"),
+    ],
+)
+def test_bad_scales_and_init_from_exit_2_with_one_line(extra, message, tiny_shards, tmp_path, capsys):
+    assert main(_regression(tiny_shards, tmp_path / "run", *extra)) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+
+
+def test_a_multiscale_run_trains_at_both_sizes_and_resumes_exactly(tiny_shards, tmp_path):
+    common = ["--scales=1,0.5", "--steps=6", "--eval_every=3", "--log_every=1", "--checkpoint_every=2"]
+    stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
+    assert main(_regression(tiny_shards, stopped, *common, "--steps=3")) == 0
+    assert main(["--model=regression", f"--run={stopped}", "--steps=6"]) == 0
+    assert main(_regression(tiny_shards, unbroken, *common)) == 0
+    resumed, reference = (_checkpoint_values(str(run / "ckpt" / "ckpt-6")) for run in (stopped, unbroken))
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    assert models.read_run_config(stopped).train_config["scales"] == "1,0.5"
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_shards, tmp_path):
+    source, tuned, fresh = tmp_path / "source", tmp_path / "tuned", tmp_path / "fresh"
+    assert main(_regression(tiny_shards, source, "--steps=4", "--learning_rate=0.01")) == 0
+    # one step of a small rate: a warm start stays within it of the source's weights
+    once = ["--steps=1", "--learning_rate=1e-5"]
+    assert main(_regression(tiny_shards, tuned, *once, f"--init_from={source}")) == 0
+    assert main(_regression(tiny_shards, fresh, *once)) == 0
+    weights = {run: _checkpoint_values(str(run / "ckpt" / f"ckpt-{steps}"))
+               for run, steps in ((source, 4), (tuned, 1), (fresh, 1))}  # fmt: skip
+    # the convolution kernels (the weights are stored once, in the list of every variable)
+    kernels = [key for key, value in weights[source].items() if key.startswith("generator_variables/")
+               and value.ndim == 4]  # fmt: skip
+    assert kernels
+    for key in kernels:
+        np.testing.assert_allclose(weights[tuned][key], weights[source][key], atol=1e-4, err_msg=key)
+    assert any(np.abs(weights[fresh][key] - weights[source][key]).max() > 1e-2 for key in kernels)
+    # only the weights: the new run counts its own steps and its optimizer starts afresh
+    assert int(weights[tuned]["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 1
+    assert int(weights[tuned]["generator_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 1
+
+
+def test_init_from_refuses_another_model_or_other_shapes(tiny_shards, tmp_path, capsys):
+    source = tmp_path / "source"
+    assert main(_regression(tiny_shards, source, "--steps=1")) == 0
+    capsys.readouterr()
+    assert main(_args(tiny_shards, tmp_path / "cgan", "--steps=1", f"--init_from={source}")) == 2
+    assert f"--init_from={source} is a regression run, not --model=cgan" in capsys.readouterr().err
+    wider = _regression(tiny_shards, tmp_path / "wider", "--steps=1", f"--init_from={source}", "--base_width=8")
+    assert main(wider) == 2
+    error = capsys.readouterr().err
+    assert f"--init_from={source}: {source}/ckpt/ckpt-1 does not fit this model" in error
+    assert not (tmp_path / "wider" / "config.json").exists()

@@ -57,6 +57,13 @@ class TrainConfig:
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # multi_worker reads TF_CONFIG
     # several replicas: BatchNorm statistics over the global batch, as one replica would compute them
     sync_batch_norm: bool = True
+    # Fine-tuning: the network weights of this run folder's latest checkpoint (or of this
+    # checkpoint path) start a new run; the step, optimizer state and schedule start afresh.
+    init_from: str = ""
+    # Several scales, comma-separated factors of the tile size (e.g. 1,0.5): the batches of
+    # step s are resized (antialiased, in sRGB) by factor s mod n, so that a model trained on
+    # 64 px photos also colours photos that are smaller (CIFAR-10's 32 px) at their own size.
+    scales: str = ""
 
     def __post_init__(self) -> None:
         positive = ["epochs", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every",
@@ -71,6 +78,23 @@ class TrainConfig:
         check(0.0 < self.plateau_factor < 1.0, f"--plateau_factor={self.plateau_factor}: must be in (0, 1)")
         check(not (self.jit_compile and self.strategy != "default"),
               "--jit_compile works with --strategy=default only")  # fmt: skip
+        self.scale_factors  # noqa: B018 (checks --scales)
+
+    @property
+    def scale_factors(self) -> tuple[float, ...]:
+        """--scales as numbers; () without it."""
+        if not self.scales:
+            return ()
+        try:
+            factors = tuple(float(part) for part in self.scales.split(","))
+        except ValueError:
+            raise ConfigError(f"--scales={self.scales}: expected comma-separated numbers, e.g. 1,0.5") from None
+        check(all(0.0 < factor <= 1.0 for factor in factors), f"--scales={self.scales}: each must be in (0, 1]")
+        return factors
+
+    def scaled_sizes(self, image_size: int) -> tuple[int, ...]:
+        """The image sides the training steps take in turn: (image_size,) without --scales."""
+        return tuple(round(image_size * factor) for factor in self.scale_factors) or (image_size,)
 
 
 def cpu_has_bf16_units() -> bool:
@@ -240,10 +264,43 @@ def resolve(argv: list[str]) -> Settings:
             f"--model={name} needs image sides divisible by {model_config.stride}; the training images are "
             f"{image_size} px: pick another --preset, --depth or --crop_size"
         )
+    odd = [size for size in train.scaled_sizes(image_size) if size % model_config.stride]
+    if odd:
+        raise ConfigError(f"--scales={train.scales} makes {image_size} px images {', '.join(map(str, odd))} px; "
+                          f"--model={name} needs sides divisible by {model_config.stride}")  # fmt: skip
+    if train.init_from and not resumed:
+        check_init_from(train.init_from, name)
+    if train.scales and (gray_shards or getattr(model_config, "unpaired", False)):
+        raise ConfigError(f"--scales is for paired training: the gray and colour sides of unpaired batches "
+                          f"repeat on their own, so their sizes would not stay together")  # fmt: skip
     if gray_shards and model_config.unpaired:
         raise ConfigError(f"--gray_data and --unpaired both choose the gray photos (those of {train.gray_data}, or "
                           f"half of {train.data}'s): use one")  # fmt: skip
     return Settings(name, model_config, train, preset_size, resumed, shards, per_epoch, gray_shards)
+
+
+def init_checkpoint(init_from: str) -> str:
+    """--init_from's checkpoint: a run folder's latest, or the checkpoint path given."""
+    folder = Path(init_from)
+    if (folder / models.CONFIG_FILE).exists():
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(folder / models.CHECKPOINT_DIR))
+        if not latest:
+            raise ConfigError(f"--init_from={init_from}: the run has no checkpoint yet")
+        return latest
+    if not Path(f"{init_from}.index").exists():
+        raise ConfigError(f"--init_from={init_from}: neither a run folder (with {models.CONFIG_FILE}) nor a "
+                          f"checkpoint (no {init_from}.index)")  # fmt: skip
+    return init_from
+
+
+def check_init_from(init_from: str, model: str) -> None:
+    """A run folder named by --init_from must hold the same model; a bare checkpoint is checked at restore."""
+    init_checkpoint(init_from)
+    folder = Path(init_from)
+    if (folder / models.CONFIG_FILE).exists() and models.read_run_config(folder).model != model:
+        raise ConfigError(f"--init_from={init_from} is a {models.read_run_config(folder).model} run, not --model={model}")
 
 
 def _preset_size(preset: object, entry: models.Model, image_size: int, resumed: bool) -> int | None:

@@ -53,7 +53,7 @@ from evaluate.metrics import AUC_MAX_DISTANCE, rebalancing_weights
 from models.config import ConfigError
 from preprocess import atomic, color, dataset
 from train import steps as steps_lib
-from train.config import Settings, TrainConfig, resolved_precision
+from train.config import Settings, TrainConfig, init_checkpoint, resolved_precision
 from train.summaries import RunLog
 
 BEST_FILE = "best.json"
@@ -304,6 +304,7 @@ def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distr
     unpaired: gray and colour from disjoint halves of the photos; gray_shards (--gray_data):
     gray from those, colour from `shards` (Shards.unpaired_batches). An epoch is `shards`'s."""
     step = start
+    sizes = train.scaled_sizes(models.image_size(train.crop_size, shards.tile_size)) if train.scales else ()
     if gray_shards is not None:
         read = functools.partial(shards.unpaired_batches, gray_shards=gray_shards)
     else:
@@ -318,7 +319,8 @@ def train_batches(train: TrainConfig, shards: dataset.Shards, strategy: tf.distr
             local_replicas = strategy.num_replicas_in_sync // context.num_input_pipelines
             batches = read("train", context.get_per_replica_batch_size(train.batch_size), training=True,
                            crop_size=train.crop_size or None, seed=train.seed + epoch,
-                           shard=(context.num_input_pipelines, context.input_pipeline_id))  # fmt: skip
+                           shard=(context.num_input_pipelines, context.input_pipeline_id),
+                           sizes=sizes, batches_per_size=local_replicas)  # fmt: skip
             return batches.take(per_epoch * local_replicas).skip(offset * local_replicas)
 
         for batch in strategy.distribute_datasets_from_function(worker_batches):
@@ -494,6 +496,8 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
         except (AssertionError, tf.errors.OpError) as error:
             message = str(error).strip().splitlines()[0]
             raise ConfigError(f"{latest} does not fit this model: {message}") from None
+    elif train.init_from:
+        warm_start(training.networks, train.init_from)
     _check_same_start(strategy, int(training.state["step"].numpy()), run_dir)
     if chief:  # only now: a resume refused above must leave the run's settings as they were
         models.write_run_config(run_dir, settings.model, settings.model_config, train,
@@ -607,6 +611,19 @@ def _run(settings: Settings, strategy: tf.distribute.Strategy, requested: list[i
     print(f"done: step {total}; {_format(metrics)}; best val/{train.best_by} {abs(float(training.state['best_score'].numpy())):.4g} "
           f"in {run_dir / models.BEST_DIR}")  # fmt: skip
     return metrics
+
+
+def warm_start(networks: dict[str, keras.Model], init_from: str) -> None:
+    """The networks' weights from --init_from's checkpoint (fine-tuning); nothing else of that run."""
+    source = init_checkpoint(init_from)
+    try:
+        status = tf.train.Checkpoint(**networks).restore(source)
+        status.expect_partial()  # its optimizers and step stay behind
+        models.assert_restored(status, source, networks)
+    except (AssertionError, tf.errors.OpError, ValueError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise ConfigError(f"--init_from={init_from}: {source} does not fit this model: {message}") from None
+    print(f"starting from the network weights of {source}")
 
 
 def _workers(strategy: tf.distribute.Strategy) -> tuple[int, int]:
