@@ -1,7 +1,7 @@
 """`colorize --model EXPORT_DIR --output DIR INPUT...` (also `python -m export.colorize`): colour photos.
 
     colorize [--model exports/cgan] [--version N] [--size S] [--temperature T] [--format png|jpg] [--output DIR] INPUT...
-    colorize --model exports/guided [--reference REF.jpg] [--hints hints.json] [--sequence] INPUT...
+    colorize --model exports/guided [--reference REF.jpg] [--hints hints.json] [--sequence] [--steady S] INPUT...
 
 Without --model it uses the colorizer that ships with the project (export/pretrained/),
 and without --output it writes into ./colorized.
@@ -11,7 +11,9 @@ and colour hints at pixels of the photo (--hints, export/guidance.py), or both; 
 photo gets the same ones. A video file (mp4, mov, ...) or, with --sequence, a folder of
 frames is one sequence: every frame gets the reference and the hints at the same
 positions (nothing tracks moving objects), and it comes out as an mp4 at the video's
-frame rate or as a folder of frames (export/sequence.py).
+frame rate or as a folder of frames (export/sequence.py). A sequence's colours are carried
+from frame to frame where the picture holds still (--steady, export/steady.py; 0 turns it
+off), with any model.
 
 INPUTs are files or folders (searched recursively for .jpg .jpeg .png .bmp .tif .tiff
 .webp); any size and mode: gray, RGB (taken as gray), RGBA, 16-bit, palette, CMYK. Each
@@ -47,6 +49,7 @@ from preprocess import atomic  # noqa: E402
 from export.guidance import GuidanceError, Hint, outside, png_bytes, read_hints, read_reference  # noqa: E402
 from export.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnusableImage, load_photo  # noqa: E402
 from export.sequence import FramesOut, SequenceError, VideoOut, is_video, read_sequence  # noqa: E402
+from export.steady import DEFAULT_STRENGTH, Steadier, strength_argument  # noqa: E402
 
 # zlib level 1: on a 12-megapixel photo 5x faster than Pillow's default 6, files about as large.
 FORMATS = {"png": ("PNG", {"compress_level": 1}), "jpg": ("JPEG", {"quality": 95})}
@@ -165,6 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              "colour's hue and saturation count (its Lab ab; its lightness L is ignored, the photo keeps its own)")
     add("--sequence", action="store_true",
         help="each INPUT folder is one sequence of frames (in name order) -> OUTPUT/<folder>/; videos always are")
+    add("--steady", type=strength_argument, default=None,
+        help="sequences: share of the previous frame's colour kept where the picture held still, 0 to below 1 "
+             f"(0 turns it off; default: {DEFAULT_STRENGTH:g})")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.size is not None and args.size < 1 or args.temperature is not None and args.temperature <= 0:
@@ -207,11 +213,14 @@ def colorize_sequence(colorizer, source: Path, output: Path, args: argparse.Name
             batch.append(item)
         yield batch
 
+    steady = Steadier(DEFAULT_STRENGTH if args.steady is None else args.steady)
+
     def colorized() -> Iterator[tuple[str, np.ndarray]]:
         for batch in batches():
             outputs = colorizer.colorize_batch(np.stack([frame for _, frame in batch]), args.size, args.temperature,
                                                guidance.hints, guidance.reference)  # fmt: skip
-            yield from zip((frame_name for frame_name, _ in batch), outputs)
+            for (frame_name, frame), output in zip(batch, outputs):
+                yield frame_name, steady(frame, output)
             progress.update(len(batch))
 
     try:
@@ -245,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sequence and photos:
         print(f"colorize: --sequence takes folders of frames or videos; {', '.join(map(str, photos))} "
               "is neither", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.steady is not None and not sequences:
+        print("colorize: --steady carries colours between the frames of a sequence (a video, or a folder with "
+              "--sequence); there is none here", file=sys.stderr)  # fmt: skip
         return 2
     jobs, skipped = plan(photos, args.output, args.format) if photos else ([], [])
     if not jobs and not sequences:
