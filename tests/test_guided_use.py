@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 import models
 from evaluate import stability
 from export import __main__ as export_cli
-from export import colorize, guidance, savedmodel, sequence
+from export import colorize, guidance, savedmodel, sequence, steady
 from export.client import ServingClient
 from export.guidance import Hint
 from export.inference import INFO_FILE, Colorizer, guidance_feed
@@ -260,9 +260,10 @@ def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, c
                           "--format=png", str(tmp_path / "reel")]) == 0  # fmt: skip
     assert sorted(path.name for path in (out / "reel").iterdir()) == [f"{index:03d}.png" for index in range(5)]
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
-    for index, frame in enumerate(frames):  # each frame as if colorized alone with the same hints and reference
+    carried = steady.Steadier(steady.DEFAULT_STRENGTH)  # sequences carry colours by default (test_sequence_steady)
+    for index, frame in enumerate(frames):  # each frame colorized with the same hints and reference, then carried
         np.testing.assert_array_equal(np.asarray(Image.open(out / "reel" / f"{index:03d}.png")),
-                                      colorizer.colorize(frame, hints=hints, reference=reference))  # fmt: skip
+                                      carried(frame, colorizer.colorize(frame, hints=hints, reference=reference)))  # fmt: skip
     assert "5 frames into" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["reel"]  # no temporary folder left
     # --sequence takes folders only
@@ -305,15 +306,22 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, coloriz
                            str(tmp_path / "hints.json"), f"--json={scores}", str(tmp_path / "reel")]) == 0  # fmt: skip
     result = json.loads(scores.read_text())[str(tmp_path / "reel")]
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
-    alone, guided_score = stability.Stability(), stability.Stability()
-    for frame in frames:  # still pixels judged on the source frame's L, for both
+    alone, guided_score, carried_score = stability.Stability(), stability.Stability(), stability.Stability()
+    carried = steady.Steadier(steady.DEFAULT_STRENGTH)
+    for frame in frames:  # still pixels judged on the source frame's L, for all
         lightness = color.rgb_to_lab(frame).numpy()[..., 0]
         alone.add(colorizer.colorize(frame), lightness)
-        guided_score.add(colorizer.colorize(frame, hints=HINTS[:1], reference=reference), lightness)
+        guided_frame = colorizer.colorize(frame, hints=HINTS[:1], reference=reference)
+        guided_score.add(guided_frame, lightness)
+        carried_score.add(carried(frame, guided_frame), lightness)
     assert result["automatic"]["score"] == pytest.approx(alone.score)
     assert result["guided"]["score"] == pytest.approx(guided_score.score)
+    assert result["guided_steady"]["score"] == pytest.approx(carried_score.score)
+    assert result["guided_steady"]["score"] < result["guided"]["score"]  # frames 0-1 and 2-3 are still
     assert result["automatic"]["frames"] == 4 and result["steadier"] == pytest.approx(alone.score / guided_score.score)
-    assert "each frame alone" in capsys.readouterr().out
+    assert result["steadier_carried"] == pytest.approx(alone.score / carried_score.score)
+    printed = capsys.readouterr().out
+    assert "each frame alone" in printed and "guided, carried" in printed
     with pytest.raises(SystemExit) as stopped:  # guided needs something to follow
         stability.main(["--model", str(export_dir), str(tmp_path / "reel")])
     assert stopped.value.code == 2 and "--model needs --reference and/or --hints" in capsys.readouterr().err
