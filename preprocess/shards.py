@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +198,29 @@ def photo_tiles(record: sources.Record, group: str, options: Options) -> PhotoTi
                       converted_to_gray=converted)  # fmt: skip
 
 
-def write_chunk(chunk: sources.Chunk, options: Options, out: Path) -> dict:
-    """Turns one chunk into its shards; returns the chunk's part of the manifest."""
+def shard_names(chunks: Sequence[sources.Chunk]) -> dict[tuple[str, int], dict[str, str]]:
+    """(group, chunk index) -> {split: shard file} for every chunk of a plan.
+
+    A split's shards are numbered through every group that feeds it (in GROUP_SPLITS order),
+    as Beam's writer numbers them: the val shards of photos hashed out of train/ and those
+    of a val/ folder must not share a name when both groups have as many chunks."""
+    feeding: dict[str, list[tuple[str, int]]] = {}
+    for group, splits in GROUP_SPLITS.items():
+        for index in sorted(chunk.index for chunk in chunks if chunk.group == group):
+            for split in splits:
+                feeding.setdefault(split, []).append((group, index))
+    names: dict[tuple[str, int], dict[str, str]] = {}
+    for split, keys in feeding.items():
+        for number, key in enumerate(keys):
+            names.setdefault(key, {})[split] = schema.shard_name(split, number, len(keys))
+    return names
+
+
+def write_chunk(chunk: sources.Chunk, options: Options, out: Path, names: dict[str, str]) -> dict:
+    """Turns one chunk into its shards (`names`: {split: file}, from `shard_names`); returns the
+    chunk's part of the manifest."""
     splits = GROUP_SPLITS[chunk.group]
-    final = {split: out / schema.shard_name(split, chunk.index, chunk.count) for split in splits}
+    final = {split: out / names[split] for split in splits}
     temporary = {split: path.with_name(f".{path.name}.tmp-{os.getpid()}") for split, path in final.items()}
     tf_options = tf.io.TFRecordOptions(compression_type=options.compression or "")
     part = {
@@ -314,6 +334,7 @@ def write(options: Options, out: str | Path, workers: int = 0, overwrite: bool =
     if len(pending) < len(plan.chunks):
         print(f"resuming: {len(plan.chunks) - len(pending)} of {len(plan.chunks)} chunks already done", file=log)
     workers = min(workers or os.cpu_count() or 1, len(pending)) or 1
+    names = shard_names(plan.chunks)
 
     progress = tqdm(total=sum(c.photos for c in pending), unit="photo", desc="make data", file=log, disable=None)
 
@@ -324,11 +345,12 @@ def write(options: Options, out: str | Path, workers: int = 0, overwrite: bool =
 
     if workers == 1:
         for chunk in pending:
-            finished(chunk, write_chunk(chunk, options, out))
+            finished(chunk, write_chunk(chunk, options, out, names[chunk.group, chunk.index]))
     else:
         context = multiprocessing.get_context("spawn")  # TF is not fork-safe
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            futures = {pool.submit(write_chunk, chunk, options, out): chunk for chunk in pending}
+            futures = {pool.submit(write_chunk, chunk, options, out, names[chunk.group, chunk.index]): chunk
+                       for chunk in pending}  # fmt: skip
             try:
                 for future in concurrent.futures.as_completed(futures):
                     finished(futures[future], future.result())
@@ -348,14 +370,14 @@ def write(options: Options, out: str | Path, workers: int = 0, overwrite: bool =
 
 def _manifest(options: Options, plan: sources.Plan, out: Path) -> dict:
     parts = [json.loads((out / PARTS / f"{c.group}-{c.index:05d}.json").read_text()) for c in plan.chunks]
-    counts = {c.group: c.count for c in plan.chunks}
+    names = shard_names(plan.chunks)
     splits: dict[str, dict] = {}
     histogram = np.zeros(len(color.ab_bins()), np.int64)
     group_order = list(GROUP_SPLITS)
     for part in sorted(parts, key=lambda part: (group_order.index(part["group"]), part["index"])):
         for split in GROUP_SPLITS[part["group"]]:
             info = splits.setdefault(split, {"shards": [], "tiles": 0, "images": 0})
-            info["shards"].append(schema.shard_name(split, part["index"], counts[part["group"]]))
+            info["shards"].append(names[part["group"], part["index"]][split])
             info["tiles"] += part["tiles"][split]
             info["images"] += part["images"][split]
             if split == "train":

@@ -279,6 +279,24 @@ def test_imagefolder_labels_come_from_class_folders_and_words_txt(tmp_path):
     assert "val/images: not a class folder of the train split" in log
 
 
+def test_imagefolder_val_folder_and_photos_hashed_out_of_train_keep_both(tmp_path):
+    # one chunk in each group: both groups' val shards would be val-00000-of-00001
+    root = tmp_path / "photos"
+    for split, seed in (("train", 0), ("val", 100)):
+        for name in ("apple", "zebra"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(photo(32, 32, seed=seed + i)).save(root / split / name / f"{split}_{name}_{i}.png")
+    manifest, _ = make(tmp_path / "out", source=f"imagefolder:{root}", size=32, mode="resize", val_fraction=0.3)
+    val = manifest["splits"]["val"]
+    assert len(set(val["shards"])) == len(val["shards"]) == 2
+    ids = [r["source_id"].decode() for r in read_split(tmp_path / "out", "val")]
+    assert len(ids) == val["images"] == val["tiles"]
+    assert sum(name.startswith("val/") for name in ids) == 12  # every photo of the val folder
+    assert sum(name.startswith("train/") for name in ids) >= 1  # and those hashed out of train/
+    assert manifest["splits"]["train"]["images"] + val["images"] == 24
+
+
 def test_imagefolder_without_a_split_folder_or_words_uses_folder_names(tmp_path):
     for name in ("zebra", "apple"):
         (tmp_path / "photos" / name / "deeper").mkdir(parents=True)
@@ -338,7 +356,7 @@ def test_an_interrupted_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp
     real_write_chunk = shards.write_chunk
     calls = []
 
-    def dies_in_third_chunk(chunk, options, out):
+    def dies_in_third_chunk(chunk, options, out, names):
         calls.append(chunk.index)
         if len(calls) == 3:
             real_read = sources.read
@@ -348,7 +366,7 @@ def test_an_interrupted_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp
                 raise KeyboardInterrupt  # as if killed midway through a shard
 
             monkeypatch.setattr(sources, "read", read_then_die)
-        return real_write_chunk(chunk, options, out)
+        return real_write_chunk(chunk, options, out, names)
 
     monkeypatch.setattr(shards, "write_chunk", dies_in_third_chunk)
     with pytest.raises(KeyboardInterrupt):
