@@ -254,14 +254,15 @@ def main(argv: list[str] | None = None) -> int:
                                         "steady": args.steady, "follow_camera": args.follow_camera,
                                         "truth": str(truth or ""),
                                         **{way: scored.summary() for way, scored in scores.items()},
-                                        "steadier": ratios["guided"], "steadier_carried": ratios["guided_steady"]}  # fmt: skip
+                                        "steadier": ratios["guided"],
+                                        "steadier_carried": ratios["guided_steady"]}  # fmt: skip
                 lines = []
                 for way, label in WAYS.items():
                     scored = scores[way]
                     line = f"  {label:<27} {scored.score:.3f}   (mean chroma {scored.chroma:.1f}"
                     if scored.truth_frames:
-                        summary = scored.summary()
-                        line += f"; against the truth: ab error {summary['ab_error']:.2f}, {summary['psnr']:.2f} dB"
+                        error, decibels = scored.summary()["ab_error"], scored.summary()["psnr"]
+                        line += f"; against the truth: ab error {error:.2f}, {decibels:.2f} dB"
                     lines.append(line + (f"; {ratios[way]:.2f}x steadier)" if way != "automatic" else ")"))
                 camera = ", the camera's shift followed" if args.follow_camera else ""
                 print(f"{source}: {scores['guided'].frames} frames, {100 * scores['guided'].still_fraction:.1f}% of "

@@ -262,8 +262,8 @@ def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, c
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
     carried = steady.Steadier(steady.DEFAULT_STRENGTH)  # sequences carry colours by default (test_sequence_steady)
     for index, frame in enumerate(frames):  # each frame colorized with the same hints and reference, then carried
-        np.testing.assert_array_equal(np.asarray(Image.open(out / "reel" / f"{index:03d}.png")),
-                                      carried(frame, colorizer.colorize(frame, hints=hints, reference=reference)))  # fmt: skip
+        alone = colorizer.colorize(frame, hints=hints, reference=reference)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "reel" / f"{index:03d}.png")), carried(frame, alone))
     assert "5 frames into" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["reel"]  # no temporary folder left
     # --sequence takes folders only

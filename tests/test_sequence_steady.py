@@ -93,8 +93,8 @@ def test_a_pan_carries_colour_with_the_scene_instead_of_dragging_it():
     scene_lightness = texture(height, width + 20 * step, seed=2, contrast=4.0)
     stripes = np.where((np.arange(width + 20 * step) // 8) % 2 == 0, 1.0, -1.0)
     scene_ab = np.stack([40.0 * stripes, 20.0 * stripes], axis=-1)[None].repeat(height, 0)  # [H, W', 2]
-    shots = [(scene_lightness[:, index * step : index * step + width], scene_ab[:, index * step : index * step + width])
-             for index in range(10)][::-1]  # the window moves left: content moves right by `step` per frame  # fmt: skip
+    windows = [slice(index * step, index * step + width) for index in range(10)][::-1]  # content moves right
+    shots = [(scene_lightness[:, window], scene_ab[:, window]) for window in windows]
     followed, in_place = steady.Steadier(0.8), steady.Steadier(0.8, follow_camera=False)
     errors = {"followed": [], "in_place": []}
     for lightness, ab in shots:
