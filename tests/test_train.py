@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -516,6 +517,17 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_shards, tmp_p
     # only the weights: the new run counts its own steps and its optimizer starts afresh
     assert int(weights[tuned]["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 1
     assert int(weights[tuned]["generator_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 1
+
+
+def test_init_from_continues_the_source_runs_model_settings_unless_given(tiny_shards, tmp_path):
+    source = tmp_path / "source"
+    assert main(_regression(tiny_shards, source, "--steps=1", "--reconstruction=mse")) == 0
+    trained = models.read_run_config(source).model_config
+    bare = [f"--data={tiny_shards}", "--model=regression", f"--init_from={source}"]
+    # not the preset's depth 5 and L1: a fine-tune of a model is that model
+    assert resolve([*bare, f"--run={tmp_path / 'a'}"]).model_config == trained
+    given = resolve([*bare, f"--run={tmp_path / 'b'}", "--reconstruction=l1"]).model_config
+    assert given == dataclasses.replace(trained, reconstruction="l1")
 
 
 def test_init_from_refuses_another_model_or_other_shapes(tiny_shards, tmp_path, capsys):

@@ -245,8 +245,10 @@ def resolve(argv: list[str]) -> Settings:
                           f"--model={name} learns from colour photos and their own gray")  # fmt: skip
     gray_shards = open_gray_data(train, shards.tile_size)
 
-    preset_size = _preset_size(preset, entry, image_size, resumed)
-    base_model = saved.model_config if saved else entry.config()
+    # a fine-tune continues the model it starts from: its settings are the base, as a resume's are
+    source = source_config(train.init_from, name) if train.init_from and not saved else None
+    preset_size = _preset_size(preset, entry, image_size, resumed or source is not None)
+    base_model = saved.model_config if saved else source or entry.config()
     preset_values = dict(entry.presets[preset_size]) if preset_size is not None else {}
     data_values = dict(entry.from_data(shards)) if entry.from_data and not saved else {}
     model_config = override(base_model, {**preset_values, **data_values, **model_values})
@@ -268,8 +270,6 @@ def resolve(argv: list[str]) -> Settings:
     if odd:
         raise ConfigError(f"--scales={train.scales} makes {image_size} px images {', '.join(map(str, odd))} px; "
                           f"--model={name} needs sides divisible by {model_config.stride}")  # fmt: skip
-    if train.init_from and not resumed:
-        check_init_from(train.init_from, name)
     if train.scales and (gray_shards or getattr(model_config, "unpaired", False)):
         raise ConfigError(f"--scales is for paired training: the gray and colour sides of unpaired batches "
                           f"repeat on their own, so their sizes would not stay together")  # fmt: skip
@@ -295,12 +295,17 @@ def init_checkpoint(init_from: str) -> str:
     return init_from
 
 
-def check_init_from(init_from: str, model: str) -> None:
-    """A run folder named by --init_from must hold the same model; a bare checkpoint is checked at restore."""
+def source_config(init_from: str, model: str) -> Any:
+    """The model config of the run --init_from names (None for a bare checkpoint, checked at
+    restore); that run must hold the same model."""
     init_checkpoint(init_from)
     folder = Path(init_from)
-    if (folder / models.CONFIG_FILE).exists() and models.read_run_config(folder).model != model:
-        raise ConfigError(f"--init_from={init_from} is a {models.read_run_config(folder).model} run, not --model={model}")
+    if not (folder / models.CONFIG_FILE).exists():
+        return None
+    source = models.read_run_config(folder)
+    if source.model != model:
+        raise ConfigError(f"--init_from={init_from} is a {source.model} run, not --model={model}")
+    return source.model_config
 
 
 def _preset_size(preset: object, entry: models.Model, image_size: int, resumed: bool) -> int | None:
