@@ -32,9 +32,9 @@ many times the cost per frame).
 Carrying colours forward as hints for the guided model's next frame was the other choice:
 hints are a few points at the model's working size (64 to 256 px), which the network
 spreads by what looks alike, so they would carry a frame's colour coarsely and at a graph
-call's cost, while blending carries every pixel at the film's resolution for a few NumPy
-operations; and blending works for every model, guided or not. Only the previous frame is
-kept (two arrays of the frame's size): a film of any length streams.
+call's cost, while blending carries every pixel at the film's resolution for a few
+element-wise operations; and blending works for every model, guided or not. Only the
+previous frame is kept (two arrays of the frame's size): a film of any length streams.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ import numpy as np
 DEFAULT_STRENGTH = 0.8
 # dL (Lab L units) at which the carried share has fallen to 1/e of `strength`: film grain of a
 # few gray levels (about 1 L unit once box-averaged) keeps most of it, an edge passing (tens of
-# units) none. On BENCHMARKS.md's static films 6 left 15-25% less flicker than 3, with the same
-# error against the true colours (section "guided: colour stability of a film").
+# units) none. On BENCHMARKS.md's static films 6 left 9% to 33% less flicker than 3, with the
+# same error against the true colours (section "guided: colour stability of a film").
 LIGHTNESS_SCALE = 6.0
 # The largest camera shift looked for, as a share of the frame's height and width.
 MAX_SHIFT = 0.125
