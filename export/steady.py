@@ -19,7 +19,10 @@ less) between the two frames at that pixel, after the shift. A still surface (dL
 keeps its colour, refreshed by a share 1 - strength of each new frame, so colours follow
 slow changes of light and a wrong first guess fades; a pixel whose lightness changed (an
 object moved in, a cut) takes the new frame's colour, since dL is large there. The first
-frame is the model's own. L is always the frame's own: only colour is carried.
+frame is the model's own. L is always the frame's own: only colour is carried. A frame
+where most pixels changed light (the median dL above LIGHTNESS_SCALE) is taken as a cut,
+and carries nothing: else the pixels whose lightness matched the last shot's by chance
+would keep its colours for a few frames.
 
 The camera's shift is one translation per frame, found by phase correlation of the two
 frames' L (Kuglin and Hines 1975) and kept only when it lowers the mean |dL| against no shift:
@@ -164,6 +167,7 @@ class Steadier:
         self.lightness_scale = lightness_scale
         self.follow_camera = follow_camera
         self.shift = (0, 0)  # the camera shift found for the last frame
+        self.cuts = 0  # frames taken as the start of a new shot
         self._lightness: np.ndarray | None = None  # box-averaged source L of the previous frame [H, W]
         self._ab: np.ndarray | None = None  # the previous output's ab [H, W, 2], float32, before rounding
 
@@ -183,6 +187,9 @@ class Steadier:
             self.shift = camera_shift(self._lightness, lightness) if self.follow_camera else (0, 0)
             carried_lightness, valid = translate(self._lightness, *self.shift)
             carried_ab, _ = translate(self._ab, *self.shift)
+            if np.median(np.abs(lightness - carried_lightness)[valid]) > self.lightness_scale:
+                valid[:] = False  # a cut: pixels whose L matches the last shot's by chance carry nothing
+                self.cuts += 1
         rgb, ab = blend(np.asarray(colour, np.uint8), lightness, carried_ab, carried_lightness, valid,
                         np.float32(self.strength), np.float32(self.lightness_scale))  # fmt: skip
         self._lightness, self._ab = lightness, ab.numpy()

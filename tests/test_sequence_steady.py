@@ -85,6 +85,20 @@ def test_pixels_whose_lightness_changed_take_the_new_frame_s_colour():
     np.testing.assert_allclose(ab_of(output)[still].mean(0), blended, atol=1.0)
 
 
+def test_a_cut_carries_nothing_even_where_lightness_matches_by_chance():
+    carried = steady.Steadier(0.8)
+    blocks = np.ones((4, 4))  # patches of 4 x 4 pixels, as a photo's are smooth at that scale
+    shot, next_shot = (np.kron(texture(SIDE // 4, SIDE // 4, seed, contrast=60.0), blocks) for seed in (5, 6))
+    carried(gray(shot), lab_frame(shot, [30.0, 10.0]))
+    new_colour = lab_frame(next_shot, [-20.0, 30.0])
+    output = carried(gray(next_shot), new_colour)
+    assert np.mean(np.abs(shot - next_shot) < 6.0) > 0.1  # pixels that would carry without the cut
+    assert carried.cuts == 1
+    np.testing.assert_allclose(output, new_colour, atol=1)
+    carried(gray(next_shot), new_colour)  # the new shot holds still: carried again, no second cut
+    assert carried.cuts == 1
+
+
 def test_a_pan_carries_colour_with_the_scene_instead_of_dragging_it():
     """Equiluminant red and green stripes pan 2 px a frame. Lightness barely changes at a fixed
     pixel, so carrying in place would drag each stripe's colour behind it; following the
