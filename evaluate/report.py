@@ -177,11 +177,16 @@ def plot_tradeoff(results: dict, path: str | Path) -> None:
             family, temperature = name[: name.rindex("T=")].rstrip("@,"), float(name[name.rindex("T=") + 2 :])
         series.setdefault(family, []).append((temperature, name))
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
-    for family, members in series.items():
+    # Matplotlib's default cycle repeats after 10 lines, and two runs swept over seven
+    # strengths are 14: a colour per line from a larger palette, a line style per model.
+    palette = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
+    model_names = list(dict.fromkeys(family.split("@")[0] for family in series))
+    for index, (family, members) in enumerate(series.items()):
         members.sort()
         x = [means[name]["colorfulness"] for _, name in members]
         y = [means[name]["psnr"] for _, name in members]
-        axis.plot(x, y, marker="o", label=family)
+        style = ["-", "--", ":", "-."][model_names.index(family.split("@")[0]) % 4]
+        axis.plot(x, y, marker="o", label=family, color=palette[index % len(palette)], linestyle=style)
         for (temperature, name), xi, yi in zip(members, x, y):
             if "T=" in name:
                 axis.annotate(f"T={temperature:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -296,7 +296,12 @@ def test_colorize_a_video_into_an_mp4_at_its_frame_rate(guided, colorizer, tmp_p
 def test_stability_command_compares_guided_with_each_frame_alone(guided, colorizer, tmp_path, capsys):
     export_dir, _ = guided
     (tmp_path / "reel").mkdir()
-    frames = [photo(24, 32, seed=0)] * 2 + [photo(24, 32, seed=1)] * 2  # a cut in the middle
+    # two shots of two frames each (a cut in the middle), each frame with its own film grain,
+    # so that the colours flicker on still pixels and carrying them has something to steady
+    rng = np.random.default_rng(0)
+    shots = [photo(24, 32, seed=0)] * 2 + [photo(24, 32, seed=1)] * 2
+    frames = [np.clip(shot + rng.normal(0, 2, shot.shape[:2])[..., None], 0, 255).round().astype(np.uint8)
+              for shot in shots]  # fmt: skip
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp_path / "reel" / f"{index}.png")
     Image.fromarray(reference_photo()).save(tmp_path / "reference.png")
