@@ -197,8 +197,8 @@ class Shards:
         batched = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training).batch(
             batch_size, drop_remainder=drop_remainder)  # fmt: skip
         if sizes:
-            batched = batched.enumerate().map(functools.partial(resize_batch, sizes=tuple(sizes),
-                                                                batches_per_size=batches_per_size))  # fmt: skip
+            batched = batched.enumerate().map(functools.partial(
+                resize_batch, sizes=tuple(sizes), batches_per_size=batches_per_size, side=crop_size or self.tile_size))
         return (
             batched
             # Lab conversion on whole batches: one vectorised op instead of one per tile.
@@ -226,22 +226,23 @@ class Shards:
 
 
 def resize_batch(index: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor], sizes: tuple[int, ...],
-                 batches_per_size: int) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
-    """Batch `index` of uint8 pixels [B, H, W, C] resized to its turn's side (Shards.batches' sizes)."""
+                 batches_per_size: int, side: int) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
+    """Batch `index` of uint8 pixels [B, side, side, C] resized to its turn's side (Shards.batches'
+    sizes). `side` is given because the parsed tiles' shape is only known when they are read."""
     pixels, label = batch
 
-    def to_side(side: int) -> Callable[[], tf.Tensor]:
+    def to_side(target: int) -> Callable[[], tf.Tensor]:
         def resized() -> tf.Tensor:
-            if pixels.shape[1] == side and pixels.shape[2] == side:
+            if target == side:
                 return pixels
             # as the export shrinks a photo to its working size
-            small = tf.image.resize(tf.cast(pixels, tf.float32), [side, side], antialias=True)
+            small = tf.image.resize(tf.cast(pixels, tf.float32), [target, target], antialias=True)
             return tf.cast(tf.clip_by_value(tf.round(small), 0.0, 255.0), tf.uint8)
 
         return resized
 
     turn = tf.cast((index // batches_per_size) % len(sizes), tf.int32)
-    return tf.switch_case(turn, [to_side(side) for side in sizes]), label
+    return tf.switch_case(turn, [to_side(size) for size in sizes]), label
 
 
 def to_batch(rgb: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
