@@ -40,6 +40,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
@@ -118,14 +119,9 @@ def read_units(plan: sources.Plan, photos: int = 0) -> list[tuple[tuple[int, int
 
 
 def shard_counts(plan: sources.Plan) -> dict[str, int]:
-    """Shards per split, in report order: as many as the local writer writes (one per chunk
-    of each group that reaches the split), so both name their shards alike."""
-    counts: dict[str, int] = {}
-    for group in GROUP_ORDER:
-        chunks = {chunk.index for chunk in plan.chunks if chunk.group == group}
-        for split in shards.GROUP_SPLITS[group] if chunks else ():
-            counts[split] = counts.get(split, 0) + len(chunks)
-    return counts
+    """Shards per split, in report order: those the local writer names (shards.shard_names),
+    so both name their shards alike."""
+    return dict(Counter(split for names in shards.shard_names(plan.chunks).values() for split in names))
 
 
 # ---------------------------------------------------------------------------------------

@@ -65,8 +65,7 @@ class Chunk:
     reader: str
     items: tuple
     group: str  # "trainval", "val" or "test"
-    index: int  # this chunk's number within its group, which is also its shard number
-    count: int  # chunks in the group
+    index: int  # this chunk's number within its group (its shards' names: shards.shard_names)
 
     @property
     def photos(self) -> int:
@@ -122,7 +121,7 @@ def plan(spec: str, images_per_chunk: int, tfds_dir: str | None = None) -> Plan:
 
 def _chunked(reader: str, items: list, group: str, size: int) -> list[Chunk]:
     count = math.ceil(len(items) / size)
-    return [Chunk(reader, tuple(items[i * size : (i + 1) * size]), group, i, count) for i in range(count)]
+    return [Chunk(reader, tuple(items[i * size : (i + 1) * size]), group, i) for i in range(count)]
 
 
 def sample_photos() -> dict[str, Path]:
@@ -335,7 +334,7 @@ def _plan_tfds(argument: str, images_per_chunk: int, data_dir: str | None) -> Pl
     count = math.ceil(total / images_per_chunk)
     chunks = [
         Chunk("tfds", ((name, split, i * images_per_chunk, min(total, (i + 1) * images_per_chunk), data_dir),),
-              group, i, count)
+              group, i)
         for i in range(count)
     ]  # fmt: skip
     return Plan(chunks, total, label_names)
