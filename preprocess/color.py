@@ -35,18 +35,34 @@ AB_BIN_SIZE = 10.0
 AB_GRID_MAX = 110.0  # bin centres -110..110 step 10 cover every sRGB colour
 
 
+def _power(x: tf.Tensor, exponent: float) -> tf.Tensor:
+    """x ** exponent for x > 0 as exp(exponent * log x): TensorFlow's pow runs one element at a
+    time on the CPU, exp and log run vectorised, which makes the Lab conversion, the reader's
+    costliest step, about twice as fast (BENCHMARKS.md) at float32 rounding (1e-4 in Lab)."""
+    return tf.exp(exponent * tf.math.log(x))
+
+
+def _srgb_to_linear(value: np.ndarray) -> np.ndarray:
+    return np.where(value > 0.04045, ((value + 0.055) / 1.055) ** 2.4, value / 12.92)
+
+
+# uint8 levels take their linear value from a table: 256 entries, computed in float64
+_LINEAR_FROM_LEVEL = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
+
+
 def rgb_to_lab(rgb: tf.Tensor) -> tf.Tensor:
     """sRGB [..., 3] in [0, 1] (any float dtype, or uint8 0..255) -> Lab [..., 3] float32."""
     rgb = tf.convert_to_tensor(rgb)
     if rgb.dtype == tf.uint8:
-        rgb = tf.cast(rgb, tf.float32) / 255.0
-    rgb = tf.cast(rgb, tf.float32)
-    linear = tf.where(rgb > 0.04045, tf.pow((tf.maximum(rgb, 0.04045) + 0.055) / 1.055, 2.4), rgb / 12.92)
+        linear = tf.gather(tf.constant(_LINEAR_FROM_LEVEL), tf.cast(rgb, tf.int32))
+    else:
+        rgb = tf.cast(rgb, tf.float32)
+        # the tf.maximum keeps the unused branch of tf.where finite, so gradients stay finite too
+        linear = tf.where(rgb > 0.04045, _power((tf.maximum(rgb, 0.04045) + 0.055) / 1.055, 2.4), rgb / 12.92)
     xyz = tf.tensordot(linear, tf.constant(_XYZ_FROM_RGB.T / _D65_WHITE, tf.float32), axes=1)
-    # the tf.maximum keeps the unused branch of tf.where finite, so gradients stay finite too
     f = tf.where(
         xyz > _DELTA**3,
-        tf.pow(tf.maximum(xyz, _DELTA**3), 1.0 / 3.0),
+        _power(tf.maximum(xyz, _DELTA**3), 1.0 / 3.0),
         xyz / (3.0 * _DELTA**2) + 4.0 / 29.0,
     )
     fx, fy, fz = tf.unstack(f, axis=-1)
@@ -59,12 +75,12 @@ def lab_to_rgb(lab: tf.Tensor) -> tf.Tensor:
     lightness, a, b = tf.unstack(lab, axis=-1)
     fy = (lightness + 16.0) / 116.0
     f = tf.stack([fy + a / 500.0, fy, fy - b / 200.0], axis=-1)
-    xyz = tf.where(f > _DELTA, f**3, 3.0 * _DELTA**2 * (f - 4.0 / 29.0))
+    xyz = tf.where(f > _DELTA, f * f * f, 3.0 * _DELTA**2 * (f - 4.0 / 29.0))
     linear = tf.tensordot(xyz, tf.constant((_RGB_FROM_XYZ * _D65_WHITE).T, tf.float32), axes=1)
     linear = tf.clip_by_value(linear, 0.0, 1.0)
     return tf.where(
         linear > 0.0031308,
-        1.055 * tf.pow(tf.maximum(linear, 0.0031308), 1.0 / 2.4) - 0.055,
+        1.055 * _power(tf.maximum(linear, 0.0031308), 1.0 / 2.4) - 0.055,
         12.92 * linear,
     )
 
@@ -98,7 +114,7 @@ def gray_levels(rgb: np.ndarray) -> np.ndarray:
     within 8-bit rounding. A gray pixel (R = G = B) keeps its value, since the Y row of the
     sRGB matrix sums to one. NumPy in float64, for the preprocessing workers (DOMAIN=gray)."""
     value = np.asarray(rgb, np.float64) / 255.0
-    linear = np.where(value > 0.04045, ((value + 0.055) / 1.055) ** 2.4, value / 12.92)
+    linear = _srgb_to_linear(value)
     luminance = linear @ _XYZ_FROM_RGB[1]
     encoded = np.where(luminance > 0.0031308, 1.055 * np.maximum(luminance, 0.0031308) ** (1 / 2.4) - 0.055,
                        12.92 * luminance)  # fmt: skip

@@ -137,3 +137,23 @@ def test_the_bins_can_first_be_asked_for_inside_a_traced_function():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[-1]) == int(color.nearest_bin(tf.zeros([1, 2])).numpy()[0])
+
+
+def test_uint8_pixels_convert_like_their_float_values():
+    # uint8 takes a lookup table for the sRGB curve, floats take the formula: both must agree
+    # with scikit-image, at every level of every channel
+    rgb = np.random.default_rng(5).integers(0, 256, (20000, 3), dtype=np.uint8)
+    rgb[:256] = np.arange(256, dtype=np.uint8)[:, None]
+    reference = skcolor.rgb2lab((rgb / 255.0)[None])[0]
+    from_levels = color.rgb_to_lab(rgb).numpy()
+    from_floats = color.rgb_to_lab((rgb / 255.0).astype(np.float32)).numpy()
+    np.testing.assert_allclose(from_levels, reference, atol=1e-3)
+    np.testing.assert_allclose(from_levels, from_floats, atol=3e-4)
+
+
+def test_rgb_to_lab_keeps_gradients_finite_at_black_and_white():
+    rgb = tf.constant([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.01, 0.5, 0.99]])
+    with tf.GradientTape() as tape:
+        tape.watch(rgb)
+        lab = color.rgb_to_lab(rgb)
+    assert np.isfinite(tape.gradient(lab, rgb).numpy()).all()
