@@ -177,25 +177,27 @@ class Shards:
         # (position in the stream, serialized tile); only this worker's tiles are decoded
         records = records.enumerate().shard(count, index)
         augment_seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
-
         key, channels = ("gray", 1) if self.domain == "gray" else ("rgb", 3)
+        features = {key: schema.FEATURES[key], "label": schema.FEATURES["label"]}
 
-        def prepare(position: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            example = schema.parse(serialized, self.domain)
-            pixels = example[key]
+        # Whole batches are parsed and augmented with batched ops: per-tile maps cost more than
+        # the decoding itself at 32 px (the reader is 1.3-1.7x faster, BENCHMARKS.md).
+        def prepare(positions: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            example = tf.io.parse_example(serialized, features)
+            pixels = tf.reshape(tf.io.decode_raw(example[key], tf.uint8), [-1, self.tile_size, self.tile_size, channels])
             if training:
-                # stateless: a tile's flip and crop depend on its position alone, on any worker
-                flip, crop = tf.unstack(tf.random.experimental.stateless_split(
-                    tf.stack([tf.constant(augment_seed, tf.int64), position]), 2))  # fmt: skip
-                pixels = tf.image.stateless_random_flip_left_right(pixels, flip)
+                # a tile's flip and crop depend on its position alone, on any worker
+                draw = position_hash(augment_seed, positions)
+                flip = tf.equal(tf.bitwise.bitwise_and(draw, 1), 1)
+                pixels = tf.where(flip[:, None, None, None], tf.reverse(pixels, [2]), pixels)
                 if crop_size:
-                    pixels = tf.image.stateless_random_crop(pixels, [crop_size, crop_size, channels], crop)
+                    pixels = random_crops(pixels, crop_size, draw)
             elif crop_size:
                 pixels = tf.image.resize_with_crop_or_pad(pixels, crop_size, crop_size)
             return pixels, example["label"]
 
-        batched = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training).batch(
-            batch_size, drop_remainder=drop_remainder)  # fmt: skip
+        batched = records.batch(batch_size, drop_remainder=drop_remainder).map(
+            prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)  # fmt: skip
         if sizes:
             batched = batched.enumerate().map(functools.partial(
                 resize_batch, sizes=tuple(sizes), batches_per_size=batches_per_size, side=crop_size or self.tile_size))
@@ -223,6 +225,41 @@ class Shards:
             color = self.batches(split, batch_size, **options).repeat()
         return tf.data.Dataset.zip(gray, color).map(
             lambda g, c: {"gray": g["gray"], "color": c["color"], "color_gray": c["gray"], "label": g["label"]})
+
+
+# plain ints: a tf.constant at import would start TensorFlow's runtime before workers set its threads
+_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def _splitmix64(value: tf.Tensor) -> tf.Tensor:
+    """Steele et al.'s SplitMix64 finaliser: uint64 -> 64 well-mixed bits, element by element."""
+    def shifted_xor(z: tf.Tensor, bits: int) -> tf.Tensor:
+        return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(bits, tf.uint64)))
+
+    increment, first, second = (tf.constant(constant, tf.uint64) for constant in _SPLITMIX)
+    z = value + increment
+    z = shifted_xor(z, 30) * first
+    z = shifted_xor(z, 27) * second
+    return shifted_xor(z, 31)
+
+
+def position_hash(seed: int, positions: tf.Tensor) -> tf.Tensor:
+    """uint64 random bits [B] for the tiles at int64 `positions` of the stream: the same for a
+    position on every worker, unrelated between neighbouring positions."""
+    return _splitmix64(tf.bitwise.bitwise_xor(tf.cast(positions, tf.uint64), _splitmix64(tf.constant(seed, tf.uint64))))
+
+
+def random_crops(pixels: tf.Tensor, crop_size: int, draw: tf.Tensor) -> tf.Tensor:
+    """A crop_size square of each tile [B, side, side, C], at an offset drawn from bits 8.. and
+    32.. of its `draw` (position_hash; bit 0 is the flip)."""
+    span = tf.cast(tf.shape(pixels)[1] - crop_size + 1, tf.uint64)
+
+    def offsets(bits: int) -> tf.Tensor:
+        start = tf.cast(tf.bitwise.right_shift(draw, tf.constant(bits, tf.uint64)) % span, tf.int32)
+        return start[:, None] + tf.range(crop_size)
+
+    rows = tf.gather(pixels, offsets(8), axis=1, batch_dims=1)
+    return tf.gather(rows, offsets(32), axis=2, batch_dims=1)
 
 
 def resize_batch(index: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor], sizes: tuple[int, ...],

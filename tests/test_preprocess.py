@@ -417,6 +417,27 @@ def test_reader_training_augments_and_evaluation_is_stable(tmp_path):
     np.testing.assert_array_equal(first[0]["color"], second[0]["color"])
 
 
+def test_training_crops_are_whole_tile_windows_flipped_at_random_and_each_tile_once_an_epoch(tiny_shards):
+    shards = dataset.Shards(tiny_shards)
+    tiles = np.concatenate([batch["rgb"].numpy() for batch in shards.records("train").batch(64)])
+    crop = 16
+    # every crop_size window of every tile, as it is and mirrored: [tile, flip, row, col, crop, crop, 3]
+    candidates = np.stack([tiles, tiles[:, :, ::-1]], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(candidates, (crop, crop), axis=(2, 3))
+    windows = np.moveaxis(windows, 4, -1)  # channels last again
+    windows_lab = color.rgb_to_lab(windows.reshape(-1, crop, crop, 3)).numpy().reshape(*windows.shape[:4], -1)
+    found = []
+    for batch in shards.batches("train", batch_size=8, crop_size=crop, seed=3):
+        lab = color.model_to_lab(batch["gray"], batch["color"]).numpy().reshape(len(batch["gray"]), -1)
+        for pixels in lab:
+            matches = np.argwhere(np.abs(windows_lab - pixels).max(-1) < 1e-3)
+            assert len(matches) >= 1, "a training crop is no window of any tile"
+            found.append(tuple(matches[0]))
+    assert len(found) == 40 and sorted(match[0] for match in found) == list(range(40))
+    assert {match[1] for match in found} == {0, 1}  # some flipped, some not
+    assert len({match[2:] for match in found}) > 10  # offsets spread over the 17 x 17 possible
+
+
 def test_the_shards_handle_tells_what_every_stage_asks(tmp_path):
     root = photo_folder(tmp_path / "photos", 4)
     manifest, _ = make(tmp_path / "out", source=f"folder:{root}", size=32, compression="GZIP")
