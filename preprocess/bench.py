@@ -94,15 +94,18 @@ def time_make_data(spec: str, size: int, mode: str, out: Path, workers: int) -> 
     return time.perf_counter() - started, manifest
 
 
-def reader_batches_per_second(out: Path, batch_size: int, batches: int) -> float:
-    """Training pipeline (shuffle, flips, Lab conversion), repeated, after a warm-up."""
+def reader_batches_per_second(out: Path, batch_size: int, seconds: float = 3.0) -> tuple[float, float]:
+    """Training pipeline (shuffle, flips, Lab conversion), repeated, after a warm-up: batches
+    per second over at least `seconds` (a fixed count of small batches is over too soon to
+    time), and the process's CPU seconds per wall second meanwhile."""
     pipeline = iter(dataset.load(out, "train", batch_size=batch_size, seed=0).repeat())
     for _ in range(10):
         next(pipeline)
-    started = time.perf_counter()
-    for _ in range(batches):
+    batches, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    while (elapsed := time.perf_counter() - started) < seconds:
         next(pipeline)
-    return batches / (time.perf_counter() - started)
+        batches += 1
+    return batches / elapsed, (time.process_time() - cpu_started) / elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {seconds:.1f} | {photos / seconds:,.0f} |"
             )
             for batch_size in (64,) if size == 32 else (4, 16):
-                rate = reader_batches_per_second(out, batch_size, batches=300 if size == 32 else 100)
-                reader_rows.append(f"| {size} | {batch_size} | {rate:,.1f} | {rate * batch_size:,.0f} |")
+                rate, cpu_util = reader_batches_per_second(out, batch_size)
+                reader_rows.append(f"| {size} | {batch_size} | {rate:,.1f} | {rate * batch_size:,.0f} | {cpu_util:.2f} |")
                 print(f"reader {size} px, batch {batch_size}: {rate:.1f} batches/s", file=sys.stderr)
             shutil.rmtree(out)
     workers = args.workers or os.cpu_count()
@@ -144,8 +147,8 @@ Seconds include starting the worker processes (TensorFlow import, a few seconds 
 
 Reader: `preprocess.dataset.load(..., "train")` with shuffling, flips and Lab conversion, repeated.
 
-| size | batch | batches/s | tiles/s |
-|---|---|---|---|
+| size | batch | batches/s | tiles/s | CPU |
+|---|---|---|---|---|
 {chr(10).join(reader_rows)}
 """,
         args.output,
