@@ -71,7 +71,10 @@ def from_data(shards) -> dict[str, object]:
 class Resize(keras.layers.Layer):
     """Bilinear resize to a fixed [size, size], or to the spatial size of a second input.
 
-    Antialiased, so a large photo shrunk for the global path keeps its averages.
+    Antialiased when it shrinks, so a large photo shrunk for the global path keeps its
+    averages. When it enlarges, the antialiasing filter is plain bilinear interpolation (the
+    same values to 1e-7) in an op 2 to 6 times as slow, with a slower gradient: at the 32 px
+    preset both resizes enlarge, and took a sixth of the training step.
     """
 
     def __init__(self, size: int | None = None, **kwargs) -> None:
@@ -79,8 +82,13 @@ class Resize(keras.layers.Layer):
         self.size = size
 
     def call(self, x: tf.Tensor, like: tf.Tensor | None = None) -> tf.Tensor:
-        size = [self.size, self.size] if like is None else tf.shape(like)[1:3]
-        resized = tf.image.resize(tf.cast(x, tf.float32), size, method="bilinear", antialias=True)
+        x = tf.cast(x, tf.float32)
+        size = tf.constant([self.size, self.size]) if like is None else tf.shape(like)[1:3]
+        resized = tf.cond(
+            tf.reduce_all(size >= tf.shape(x)[1:3]),
+            lambda: tf.image.resize(x, size, method="bilinear"),
+            lambda: tf.image.resize(x, size, method="bilinear", antialias=True),
+        )
         return tf.cast(resized, self.compute_dtype)
 
 

@@ -207,3 +207,13 @@ def test_a_resumed_run_with_labels_equals_one_that_never_stopped(labelled_shards
     rebuilt = models.build_from_run(stopped, checkpoint="latest")
     assert set(rebuilt) == {"generator", "classifier"}
     assert rebuilt["generator"](tf.zeros([1, 40, 56, 1])).shape == (1, 40, 56, 2)
+
+
+@pytest.mark.parametrize("source, target", [(16, 32), (48, 32), (32, 32)])
+def test_the_resize_antialiases_when_it_shrinks_and_is_plain_bilinear_when_it_enlarges(source, target):
+    images = tf.random.stateless_uniform([2, source, source, 3], seed=[1, 2])
+    expected = tf.image.resize(images, [target, target], method="bilinear", antialias=True)
+    resized = iizuka.Resize(target)(images)
+    np.testing.assert_allclose(resized.numpy(), expected.numpy(), atol=1e-5)
+    like = tf.zeros([2, target, target, 1])
+    np.testing.assert_allclose(tf.function(iizuka.Resize())(images, like=like).numpy(), expected.numpy(), atol=1e-5)
