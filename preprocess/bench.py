@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess",
         f"""## make data and the reader
 
-Machine: {machine()}.
+Machine: {machine()}. Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 Command: `make bench` (`python -m preprocess.bench`), {workers} workers; the 32 px row is
 `make data SOURCE=cifar10:PATH SIZE=32 MODE=resize`, the 256 px row `SOURCE=folder:PATH SIZE=256`.
 Seconds include starting the worker processes (TensorFlow import, a few seconds each).
