@@ -66,14 +66,29 @@ def encode(pixels: np.ndarray, source_id: str, label: int = NO_LABEL) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
+def _pixel_layout(domain: str) -> tuple[str, int]:
+    """The feature that holds a tile's pixels in a shard folder of `domain`, and their channels."""
+    return ("gray", 1) if domain == "gray" else ("rgb", 3)
+
+
 def parse(serialized: tf.Tensor, domain: str = "color") -> dict[str, tf.Tensor]:
     """A serialized example (scalar string tensor) of a shard folder of `domain` ->
     {"rgb": uint8 [H, W, 3]} ("color") or {"gray": uint8 [H, W, 1]} ("gray"), with "source_id" and "label"."""
     example = tf.io.parse_single_example(serialized, FEATURES)
-    key, channels = ("gray", 1) if domain == "gray" else ("rgb", 3)
+    key, channels = _pixel_layout(domain)
     shape = tf.stack([example["height"], example["width"], channels])
     pixels = tf.reshape(tf.io.decode_raw(example[key], tf.uint8), shape)
     return {key: pixels, "source_id": example["source_id"], "label": example["label"]}
+
+
+def parse_batch(serialized: tf.Tensor, side: int, domain: str = "color") -> tuple[tf.Tensor, tf.Tensor]:
+    """A batch of serialized examples [B] whose tiles are all side x side (a shard folder's
+    tiles are) -> (uint8 pixels [B, side, side, 3], or 1 channel for "gray", labels int64 [B]):
+    one parse and one decode for the whole batch, where `parse` takes one example at a time."""
+    key, channels = _pixel_layout(domain)
+    example = tf.io.parse_example(serialized, {key: FEATURES[key], "label": FEATURES["label"]})
+    pixels = tf.reshape(tf.io.decode_raw(example[key], tf.uint8), [-1, side, side, channels])
+    return pixels, example["label"]
 
 
 def shard_name(split: str, index: int, count: int) -> str:
