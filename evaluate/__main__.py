@@ -84,6 +84,8 @@ def checkpoint_models(run: Path, which: str, temperatures: list[float] = (),
     for path in paths:
         generator = models.build_from_run(run, path)["generator"]
         name = run.name if which != "all" else f"{run.name}@{Path(path).name.split('-')[-1]}"
+        if any(rebalances) and hasattr(generator, "log_rebalance"):
+            models.require_decoding_weights(generator, run)
         if (temperatures or rebalances) and hasattr(saved.model_config, "temperature"):
             for rebalance in rebalances or [None]:
                 for t in temperatures or [saved.model_config.temperature]:

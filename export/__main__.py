@@ -128,6 +128,8 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             raise ConfigError(f"--decode_rebalance: {saved.model} has no rebalancing at decoding")
         generator.decode_rebalance = decode_rebalance
         saved = saved._replace(model_config=dataclasses.replace(saved.model_config, decode_rebalance=decode_rebalance))
+    if getattr(generator, "decode_rebalance", 0.0):
+        models.require_decoding_weights(generator, run)
     size = size or models.working_size(saved)
     hints = savedmodel.takes_hints(generator)
     if not savedmodel.has_temperature(saved.model_config):

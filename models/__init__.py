@@ -133,8 +133,29 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
         raise FileNotFoundError(f"{run_dir}: no {checkpoint} checkpoint in {folders[checkpoint]}")
     # Optimizer slots and loop state are in the file too; only the weights are wanted here.
     status = tf.train.Checkpoint(**networks).restore(path).expect_partial()
-    assert_restored(status, path, networks)
+    if "log_rebalance" in assert_restored(status, path, networks):
+        # what the training step would have set, from the run's data while it is still there
+        prior = _training_prior(saved.train_config.get("data", ""))
+        if prior is not None:
+            networks["generator"].log_rebalance.assign(zhang.decoding_log_weights(prior, saved.model_config.prior_sigma))
     return networks
+
+
+def _training_prior(data: str):
+    from preprocess.dataset import Shards
+
+    try:
+        return Shards(data).ab_prior
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def require_decoding_weights(generator: keras.Model, run: str | Path) -> None:
+    """A ConfigError unless zhang's generator has rebalancing weights for --decode_rebalance > 0."""
+    if not tf.reduce_any(generator.log_rebalance != 0.0):
+        raise ConfigError(f"{run}: no rebalancing weights to decode with: its checkpoint is from before they were "
+                          f"saved and its training data (the ab prior in the shards' manifest) cannot be read, or "
+                          f"that data had no ab prior; decode it with rebalancing 0")  # fmt: skip
 
 
 # Weights added to a model after checkpoints of it exist, which such checkpoints may lack:
@@ -142,17 +163,20 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
 ADDED_LATER = ("log_rebalance",)
 
 
-def assert_restored(status, path: str, networks: dict[str, keras.Model]) -> None:
-    """`status.assert_existing_objects_matched()`, except for ADDED_LATER weights missing from `path`."""
+def assert_restored(status, path: str, networks: dict[str, keras.Model]) -> list[str]:
+    """`status.assert_existing_objects_matched()`, except for ADDED_LATER weights missing from
+    `path`: the names of those."""
     try:
         status.assert_existing_objects_matched()
     except AssertionError as error:
         stored = {name for name, _ in tf.train.list_variables(path)}
-        missing = [variable for network in networks.values() for variable in network.variables
+        missing = [variable.name for network in networks.values() for variable in network.variables
                    if variable.name in ADDED_LATER
                    and not any(f"/{variable.name}/" in name for name in stored)]  # fmt: skip
         if not missing or f"Found {len(missing)} Python objects" not in str(error):
             raise
+        return missing
+    return []
 
 
 def image_size(crop_size: int, tile_size: int) -> int:

@@ -200,3 +200,15 @@ def rebalance_weights(counts: np.ndarray, rebalance_lambda: float = 0.5, prior_s
     prior = smoothed_prior(counts, prior_sigma)
     weights = 1.0 / ((1.0 - rebalance_lambda) * prior + rebalance_lambda / len(prior))
     return weights / (prior * weights).sum()
+
+
+# The rebalancing that --decode_rebalance raises to its power: the paper's lambda.
+DECODING_LAMBDA = 0.5
+
+
+def decoding_log_weights(counts: np.ndarray | None, prior_sigma: float) -> np.ndarray:
+    """ZhangGenerator.log_rebalance [Q] (float32) for training data with these ab-bin pixel
+    counts [Q]; zeros (nothing to rebalance) without them."""
+    if counts is None:
+        return np.zeros(len(color.ab_bins()), np.float32)
+    return np.log(rebalance_weights(counts, DECODING_LAMBDA, prior_sigma)).astype(np.float32)

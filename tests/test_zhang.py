@@ -13,7 +13,10 @@ import pytest
 import tensorflow as tf
 
 import models
+from evaluate.__main__ import main as evaluate_main
+from export.__main__ import export_run
 from models import zhang
+from models.config import ConfigError
 from models.zhang import ZhangConfig
 from preprocess import color, dataset
 from train import loop, steps
@@ -313,16 +316,22 @@ def test_the_step_stores_the_decoding_weights_in_the_generator(shards_with_prior
     assert np.abs(generator(gray).numpy() - plain).max() > 1e-3
 
 
-def test_a_checkpoint_from_before_log_rebalance_still_loads_and_other_gaps_still_fail(tmp_path):
+class _OldGenerator(tf.Module):  # the generator as saved before it had log_rebalance
+    def __init__(self, network):
+        self.network = network
+
+
+def _old_run(run, data) -> dict[str, keras.Model]:
+    """A zhang run (data: its training data) whose checkpoint is from before log_rebalance was saved."""
     config = ZhangConfig(base_width=2)
     networks = models.build("zhang", config)
-    models.write_run_config(tmp_path, "zhang", config, TrainConfig())
+    models.write_run_config(run, "zhang", config, TrainConfig(data=str(data)), data={"tile_size": 16})
+    tf.train.Checkpoint(generator=_OldGenerator(networks["generator"].network)).save(str(run / "best" / "ckpt"))
+    return networks
 
-    class OldGenerator(tf.Module):  # the generator as saved before it had log_rebalance
-        def __init__(self, network):
-            self.network = network
 
-    tf.train.Checkpoint(generator=OldGenerator(networks["generator"].network)).save(str(tmp_path / "best" / "ckpt"))
+def test_a_checkpoint_from_before_log_rebalance_still_loads_and_other_gaps_still_fail(tmp_path):
+    networks = _old_run(tmp_path, tmp_path / "data-since-deleted")
     rebuilt = models.build_from_run(tmp_path)["generator"]
     np.testing.assert_array_equal(rebuilt.log_rebalance.numpy(), 0.0)
     gray = tf.random.uniform([1, 16, 16, 1], -1.0, 1.0, seed=3)
@@ -333,3 +342,24 @@ def test_a_checkpoint_from_before_log_rebalance_still_loads_and_other_gaps_still
     shutil.copytree(tmp_path / "best", other / "best")
     with pytest.raises((AssertionError, ValueError)):
         models.build_from_run(other)
+
+
+def test_an_old_checkpoint_takes_its_decoding_weights_from_its_training_data(shards_with_prior, tmp_path):
+    _old_run(tmp_path, shards_with_prior)
+    rebuilt = models.build_from_run(tmp_path)["generator"]
+    counts = np.asarray(json.loads((shards_with_prior / "manifest.json").read_text())["ab_prior"]["counts"])
+    expected = np.log(zhang.rebalance_weights(counts, 0.5, 5.0))  # what the training step sets
+    np.testing.assert_allclose(rebuilt.log_rebalance.numpy(), expected, rtol=1e-5)
+
+
+def test_rebalanced_decoding_without_weights_is_refused_not_ignored(tmp_path, capsys):
+    run = tmp_path / "run"
+    _old_run(run, tmp_path / "data-since-deleted")
+    argv = [f"--run={run}", "--checkpoints=best", f"--data={tmp_path}", "--decode-rebalance=0,0.5"]
+    assert evaluate_main(argv) == 2
+    assert f"{run}: no rebalancing weights" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no rebalancing weights"):
+        export_run(run, tmp_path / "export", decode_rebalance=0.5)
+    assert evaluate_main([f"--run={run}", "--checkpoints=best", f"--data={tmp_path / 'none'}",
+                          "--decode-rebalance=0"]) == 2  # fmt: skip
+    assert "no rebalancing weights" not in capsys.readouterr().err  # decoding as trained needs none

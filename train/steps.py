@@ -149,12 +149,10 @@ def zhang_step(config: ZhangConfig, ab_prior: np.ndarray | None = None) -> Step:
     if ab_prior is None:
         print("zhang: the shards' manifest has no ab prior; training without class rebalancing")
         weights = np.ones(len(color.ab_bins()))
-        decode_weights = weights
     else:
         weights = zhang.rebalance_weights(ab_prior, config.rebalance_lambda, config.prior_sigma)
-        decode_weights = zhang.rebalance_weights(ab_prior, 0.5, config.prior_sigma)
     weights = tf.constant(weights, tf.float32)  # [Q]
-    log_decode_weights = tf.constant(np.log(decode_weights), tf.float32)  # [Q]
+    log_decode_weights = tf.constant(zhang.decoding_log_weights(ab_prior, config.prior_sigma))  # [Q]
 
     def step(networks, optimizers, batch):
         generator, optimizer = networks["generator"], optimizers["generator"]
