@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from models import cyclegan, guided, iizuka, pix2pix, regression, zhang
@@ -141,7 +142,8 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
     return networks
 
 
-def _training_prior(data: str):
+def _training_prior(data: str) -> np.ndarray | None:
+    """The ab prior in the manifest of the shards at `data`; None when they are gone or have none."""
     from preprocess.dataset import Shards
 
     try:
