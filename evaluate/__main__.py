@@ -140,10 +140,7 @@ def prior_of(shards: dataset.Shards | None, runs: list[Path]) -> np.ndarray | No
     if shards is not None and shards.ab_prior is not None:
         return shards.ab_prior.astype(np.float64)
     for run in runs:
-        try:
-            prior = dataset.Shards(models.read_run_config(run).train_config.get("data", "")).ab_prior
-        except (FileNotFoundError, ValueError, KeyError):
-            continue
+        prior = models.training_prior(models.read_run_config(run))
         if prior is not None:
             return prior.astype(np.float64)
     return None

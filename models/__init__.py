@@ -136,25 +136,26 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
     status = tf.train.Checkpoint(**networks).restore(path).expect_partial()
     if "log_rebalance" in assert_restored(status, path, networks):
         # what the training step would have set, from the run's data while it is still there
-        prior = _training_prior(saved.train_config.get("data", ""))
+        prior = training_prior(saved)
         if prior is not None:
             networks["generator"].log_rebalance.assign(zhang.decoding_log_weights(prior, saved.model_config.prior_sigma))
     return networks
 
 
-def _training_prior(data: str) -> np.ndarray | None:
-    """The ab prior in the manifest of the shards at `data`; None when they are gone or have none."""
+def training_prior(saved: SavedRun) -> np.ndarray | None:
+    """The ab prior (pixel counts [Q]) in the manifest of the run's training data; None when
+    those shards are gone or have none."""
     from preprocess.dataset import Shards
 
     try:
-        return Shards(data).ab_prior
+        return Shards(saved.train_config.get("data", "")).ab_prior
     except (OSError, ValueError, KeyError):
         return None
 
 
 def require_decoding_weights(generator: keras.Model, run: str | Path) -> None:
     """A ConfigError unless zhang's generator has rebalancing weights for --decode_rebalance > 0."""
-    if not tf.reduce_any(generator.log_rebalance != 0.0):
+    if not np.any(generator.log_rebalance.numpy()):
         raise ConfigError(f"{run}: no rebalancing weights to decode with: its checkpoint is from before they were "
                           f"saved and its training data (the ab prior in the shards' manifest) cannot be read, or "
                           f"that data had no ab prior; decode it with rebalancing 0")  # fmt: skip
