@@ -106,16 +106,19 @@ def check(export_dir: Path, temperature: float | None, hints: bool = False) -> N
 def export_run(run: Path, out: Path, name: str | None = None, version: int | None = None,
                checkpoint: str = "best", size: int | None = None, serving_root: str = "/models",
                temperature: float | None = None, decode_rebalance: float | None = None,
-               precision: str = "float32") -> Path:  # fmt: skip
+               precision: str = "float32", weights: str = "float32") -> Path:  # fmt: skip
     """Export the generator of `run` to out/<name>/<version>; returns that folder.
 
     `temperature`: the default decoding temperature written into export.json for models
     that take one (default: the run's), e.g. the one a `make evaluate --temperatures` sweep
     chose; `decode_rebalance`: zhang's rebalancing at decoding, fixed in the graph;
-    `precision`: the graph's compute precision (PRECISIONS).
+    `precision`: the graph's compute precision (PRECISIONS); `weights`: how the kernels are
+    stored (savedmodel.WEIGHTS).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision={precision}: valid: {', '.join(PRECISIONS)}")
+    if weights not in savedmodel.WEIGHTS:
+        raise ConfigError(f"--weights={weights}: valid: {', '.join(savedmodel.WEIGHTS)}")
     saved = models.read_run_config(run)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)  # layers take their compute dtype when built
@@ -148,7 +151,8 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
     partial = model_dir / f".partial-{version}-{os.getpid()}"  # hidden: TF Serving loads numbered folders only
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        savedmodel.write(generator, partial, size, saved.model_config.stride, temperature is not None, hints=hints)
+        savedmodel.write(generator, partial, size, saved.model_config.stride, temperature is not None, hints=hints,
+                         weights=weights)
         info = {
             "model": saved.model,
             "model_config": dataclasses.asdict(saved.model_config),
@@ -158,6 +162,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             "temperature": temperature,
             "hints": hints,  # the guided signatures are there (colorize --hints / --reference)
             "precision": precision,
+            "weights": weights,
             "run": str(run.resolve()),
             "checkpoint": checkpoint,
             "signatures": {
@@ -209,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     add("--precision", choices=PRECISIONS, default="float32",
         help="the graph's compute precision: float32 (default; fast everywhere) or mixed_bfloat16 (faster on "
              "CPUs with bf16 units, e.g. AVX512-BF16 or AMX; much slower on CPUs without them)")  # fmt: skip
+    add("--weights", choices=savedmodel.WEIGHTS, default="float32",
+        help="how the kernels are stored: float32 (default) or bfloat16 (half the size; the graph still "
+             "computes at --precision; costs nothing for a run trained in mixed_bfloat16)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1 or args.size is not None and args.size < 1:
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         target = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.size, args.serving_root,
-                            args.temperature, args.decode_rebalance, args.precision)  # fmt: skip
+                            args.temperature, args.decode_rebalance, args.precision, args.weights)  # fmt: skip
     except (ConfigError, FileNotFoundError) as error:
         print(f"make export: {error}", file=sys.stderr)
         return 2
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {args.run} ({info['model']}, {args.checkpoint} checkpoint) to {target} in "
         f"{time.perf_counter() - started:.1f} s: {folder_size(target) / 2**20:.1f} MiB, working size "
-        f"{info['working_size']}, stride {info['stride']}, {info['precision']}; checked by saved_model_cli and its warm-up requests"
+        f"{info['working_size']}, stride {info['stride']}, {info['precision']}, {info['weights']} kernels; checked by saved_model_cli and its warm-up requests"
     )
     print(f"TF Serving: {args.out / serving.MODELS_CONFIG} lists it; colorize: "
           f"python -m export.colorize --model {target.parent} --output OUT PHOTO...")  # fmt: skip

@@ -139,7 +139,7 @@ def _lightness(pixels: tf.Tensor) -> tf.Tensor:
 
 
 def colorize_pixels(
-    generator: keras.Model,
+    generator: Callable[..., tf.Tensor],
     pixels: tf.Tensor,
     working_size: tf.Tensor | int,
     stride: int,
@@ -351,7 +351,7 @@ def input_specs(temperature: bool, hints: bool = False) -> dict[str, list[tf.Ten
     return specs
 
 
-def _signature_functions(generator: keras.Model, working_size: int, stride: int,
+def _signature_functions(generator: Callable[..., tf.Tensor], working_size: int, stride: int,
                          max_pixels: int) -> dict[str, Callable]:  # fmt: skip
     """signature name -> its function (inputs as in `input_specs`, a dict of outputs)."""
 
@@ -387,10 +387,41 @@ def _signature_functions(generator: keras.Model, working_size: int, stride: int,
             COLORIZE_GUIDED_IMAGE: colorize_guided_image, COLORIZE_GUIDED: colorize_guided}  # fmt: skip
 
 
+class KernelsStoredInBfloat16:
+    """Calls `generator` with its kernels read from bfloat16 copies, so that a SavedModel of
+    it stores them at half the size (WEIGHTS); the vectors (biases, normalisation
+    statistics, zhang's decoding weights) stay exact.
+
+    The copies are cast back to float32 where the generator reads them: the graph computes
+    at the precision it was built with. Rounding the kernels costs a model trained in
+    mixed_bfloat16 nothing it has not seen, as its layers round them to bf16 at every step.
+    """
+
+    def __init__(self, generator: keras.Model):
+        self.generator = generator
+        self.kernels = [(weight, tf.Variable(tf.cast(weight.value, tf.bfloat16), trainable=False))
+                        for weight in generator.weights if len(weight.shape) >= 2]  # fmt: skip
+
+    def __call__(self, inputs, training: bool = False):
+        substituted = [(weight, tf.cast(stored, weight.dtype)) for weight, stored in self.kernels]
+        with keras.StatelessScope(state_mapping=substituted):
+            return self.generator(inputs, training=training)
+
+
+# How the export stores the generator's kernels (`write`): float32, or bfloat16 for half the
+# size, e.g. for a model shipped inside a repository (export/pretrained/).
+WEIGHTS = ("float32", "bfloat16")
+
+
 def write(generator: keras.Model, path: str | Path, working_size: int, stride: int, temperature: bool,
-          max_pixels: int = MAX_PIXELS, hints: bool = False) -> None:  # fmt: skip
+          max_pixels: int = MAX_PIXELS, hints: bool = False, weights: str = "float32") -> None:  # fmt: skip
     """Write the SavedModel with every signature into `path` (which must not exist yet);
-    `hints`: the generator takes them (`takes_hints`), and the guided signatures are added."""
+    `hints`: the generator takes them (`takes_hints`), and the guided signatures are added;
+    `weights`: how its kernels are stored (WEIGHTS)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights == "bfloat16":
+        generator = KernelsStoredInBfloat16(generator)
     archive = keras.export.ExportArchive()
     # No archive.track(generator): the endpoints capture its variables, and tracking them too
     # stores every weight twice (keras-team/keras#23553: twice the size, twice the memory

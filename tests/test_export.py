@@ -331,6 +331,30 @@ def test_a_bf16_export_computes_in_bf16_and_stays_within_a_few_levels_of_float32
     assert 0 < difference.max() <= 6 and difference.mean() < 1.0
 
 
+def test_bf16_kernels_halve_the_export_and_keep_its_colours(exported, tmp_path, capsys):
+    run = exported.parents[2] / "run"
+    assert export_cli.main([f"--run={run}", f"--out={tmp_path}", "--weights=bfloat16"]) == 0
+    assert "bfloat16 kernels" in capsys.readouterr().out
+    compact = tmp_path / "regression" / "1"
+    info = json.loads((compact / INFO_FILE).read_text())
+    assert (info["weights"], info["precision"]) == ("bfloat16", "float32")
+
+    stored = tf.train.load_checkpoint(str(compact / "variables" / "variables"))
+    shapes, dtypes = stored.get_variable_to_shape_map(), stored.get_variable_to_dtype_map()
+    values = {key: shape for key, shape in shapes.items() if "VARIABLE_VALUE" in key}
+    assert sum(np.prod(shape) for shape in values.values()) == tiny_generator().count_params()  # each once
+    assert {(len(shape) >= 2, dtypes[key]) for key, shape in values.items()} == {(True, tf.bfloat16),
+                                                                                  (False, tf.float32)}  # fmt: skip
+    size = export_cli.folder_size(compact / "variables")
+    assert size < 0.6 * export_cli.folder_size(exported / "variables")
+
+    gray = tf.constant(photo(40, 56, seed=5)[None, ..., :1])
+    rgb = {folder: tf.saved_model.load(str(folder)).signatures["serving_default"](gray=gray)["rgb"].numpy().astype(int)
+           for folder in (exported, compact)}  # fmt: skip
+    difference = np.abs(rgb[compact] - rgb[exported])
+    assert difference.max() <= 3 and difference.mean() < 0.5
+
+
 def test_export_refuses_an_unknown_precision(exported, tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_cli.main([f"--run={exported.parents[2] / 'run'}", f"--out={tmp_path}", "--precision=float16"])
