@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {args.run} ({info['model']}, {args.checkpoint} checkpoint) to {target} in "
         f"{time.perf_counter() - started:.1f} s: {folder_size(target) / 2**20:.1f} MiB, working size "
-        f"{info['working_size']}, stride {info['stride']}, {info['precision']}, {info['weights']} kernels; checked by saved_model_cli and its warm-up requests"
+        f"{info['working_size']}, stride {info['stride']}, {info['precision']}, {info['weights']} kernels; "
+        f"checked by saved_model_cli and its warm-up requests"
     )
     print(f"TF Serving: {args.out / serving.MODELS_CONFIG} lists it; colorize: "
           f"python -m export.colorize --model {target.parent} --output OUT PHOTO...")  # fmt: skip

@@ -399,8 +399,9 @@ class KernelsStoredInBfloat16:
 
     def __init__(self, generator: keras.Model):
         self.generator = generator
+        kernels = [weight for weight in generator.weights if len(weight.shape) >= 2 and "float" in weight.dtype]
         self.kernels = [(weight, tf.Variable(tf.cast(weight.value, tf.bfloat16), trainable=False))
-                        for weight in generator.weights if len(weight.shape) >= 2]  # fmt: skip
+                        for weight in kernels]  # fmt: skip
 
     def __call__(self, inputs, training: bool = False):
         substituted = [(weight, tf.cast(stored, weight.dtype)) for weight, stored in self.kernels]
