@@ -419,8 +419,6 @@ def write(generator: keras.Model, path: str | Path, working_size: int, stride: i
     """Write the SavedModel with every signature into `path` (which must not exist yet);
     `hints`: the generator takes them (`takes_hints`), and the guided signatures are added;
     `weights`: how its kernels are stored (WEIGHTS)."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if weights == "bfloat16":
         generator = KernelsStoredInBfloat16(generator)
     archive = keras.export.ExportArchive()
