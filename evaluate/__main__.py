@@ -87,10 +87,13 @@ def checkpoint_models(run: Path, which: str, temperatures: list[float] = (),
         if any(rebalances) and hasattr(generator, "log_rebalance"):
             models.require_decoding_weights(generator, run)
         if (temperatures or rebalances) and hasattr(saved.model_config, "temperature"):
+            decodings = {}
             for rebalance in rebalances or [None]:
                 for t in temperatures or [saved.model_config.temperature]:
                     key = f"{name}@T={t:g}" if rebalance is None else f"{name}@r={rebalance:g},T={t:g}"
-                    found[key] = _colorizer(generator, size, stride, t, rebalance)
+                    decodings[key] = (t, generator.decode_rebalance if rebalance is None else rebalance)
+            sweep = DecodingSweep(generator, size, stride, list(decodings.values()))
+            found.update({key: sweep.model(index) for index, key in enumerate(decodings)})
         else:
             found[name] = _colorizer(generator, size, stride)
         if which == "all" and per_epoch:
@@ -110,18 +113,49 @@ def steps_per_epoch(saved: models.SavedRun) -> int:
         return 0
 
 
-def _colorizer(generator, size: int, stride: int, temperature: float | None = None,
-               rebalance: float | None = None) -> Model:  # fmt: skip
-    def colorize(pixels):
-        if rebalance is not None:
-            generator.decode_rebalance = rebalance  # read when traced: each colorizer traces its own
-        if temperature is None:
-            return colorize_pixels(generator, pixels, size, stride)
-        return colorize_pixels(generator, pixels, size, stride, tf.fill(tf.shape(pixels)[:1], temperature))
-
+def _colorizer(generator, size: int, stride: int) -> Model:
     # One trace per photo shape; CIFAR-style tiles all share one.
-    run = tf.function(colorize, reduce_retracing=True)
+    run = tf.function(lambda pixels: colorize_pixels(generator, pixels, size, stride), reduce_retracing=True)
     return lambda rgb: run(tf.constant(rgb[None]))[0].numpy()
+
+
+class DecodingSweep:
+    """A zhang generator at D decodings, (temperature, decode_rebalance) each, as D models that
+    share one pass of its network per photo.
+
+    `evaluate` gives every model the same photo in turn: the first of these models to see a
+    photo colorizes it all D ways at once (the network once, then D decodings, each upsampled
+    as `colorize` does), the others take their copy. A sweep of 21 decodings costs about
+    what one model does instead of 21.
+    """
+
+    def __init__(self, generator, size: int, stride: int, decodings: list[tuple[float, float]]) -> None:
+        temperatures = tf.constant([t for t, _ in decodings], tf.float32)
+        rebalances = tf.constant([r for _, r in decodings], tf.float32)
+
+        def every_decoding(inputs, training=False):
+            gray, temperature = inputs  # D copies of one photo
+            return generator.decode_each(gray[:1], temperature, rebalances)
+
+        def colorize(pixels):
+            return colorize_pixels(every_decoding, tf.repeat(pixels, len(decodings), axis=0), size, stride,
+                                   temperatures)  # fmt: skip
+
+        self._run = tf.function(colorize, reduce_retracing=True)
+        self._photo: np.ndarray | None = None
+        self._colorized: np.ndarray | None = None
+
+    def model(self, index: int) -> Model:
+        """The colorizer at decodings[index]."""
+
+        def colorize(rgb: np.ndarray) -> np.ndarray:
+            # Compared by content, not identity: a caller may refill one buffer with the next photo.
+            if self._photo is None or self._photo.shape != rgb.shape or not np.array_equal(self._photo, rgb):
+                self._colorized = self._run(tf.constant(rgb[None])).numpy()
+                self._photo = np.array(rgb)
+            return self._colorized[index]
+
+        return colorize
 
 
 def parse_values(key: str, text: str, minimum: float, inclusive: bool) -> list[float]:

@@ -17,6 +17,8 @@ gamut clipping and 8-bit rounding included. Units, per image:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
 from skimage.metrics import structural_similarity
@@ -111,35 +113,57 @@ def ssim(truth: np.ndarray, output: np.ndarray) -> float:
     )  # fmt: skip
 
 
-def score_image(truth: np.ndarray, output: np.ndarray, prior: np.ndarray | None = None) -> dict[str, float]:
+@dataclass(frozen=True)
+class Truth:
+    """What scoring needs of the colour truth, computed once per photo however many outputs
+    are scored against it (`make evaluate` scores every model on each photo)."""
+
+    rgb: np.ndarray  # uint8 [H, W, 3]
+    lab: np.ndarray  # float64 [H, W, 3]
+    colorfulness: float
+    ab_weights: np.ndarray | None  # [H, W] rebalancing weight of each pixel's true colour, with a prior
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, bin_weights: np.ndarray | None = None) -> Truth:
+        """bin_weights: `rebalancing_weights` of the training data's prior, for `auc_rebalanced`;
+        without them that score is left out."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 RGB truth [H, W, 3], got {rgb.dtype} {rgb.shape}")
+        lab = color.rgb_to_lab(rgb).numpy().astype(np.float64)
+        # weighted by the rarity of the TRUE colour, so a model cannot earn weight by its output
+        weights = None if bin_weights is None else bin_weights[color.nearest_bin(lab[..., 1:]).numpy()]
+        return cls(rgb, lab, color.colorfulness(rgb), weights)
+
+
+def score_image(truth: np.ndarray | Truth, output: np.ndarray, prior: np.ndarray | None = None) -> dict[str, float]:
     """Every metric of the module docstring for one image: uint8 RGB truth and output [H, W, 3].
 
     prior: ab-bin counts or shares [Q] of the training data (a manifest's "ab_prior" counts)
-    for `auc_rebalanced`; without it that key is left out.
+    for `auc_rebalanced`; without it that key is left out. A `Truth` brings its own.
     """
-    truth, output = np.asarray(truth), np.asarray(output)
-    if truth.shape != output.shape or truth.ndim != 3 or truth.dtype != np.uint8 or output.dtype != np.uint8:
-        raise ValueError(f"expected two uint8 RGB images [H, W, 3] of one shape, got {truth.dtype} "
-                         f"{truth.shape} and {output.dtype} {output.shape}")  # fmt: skip
-    lab_true = color.rgb_to_lab(truth).numpy().astype(np.float64)
+    if not isinstance(truth, Truth):
+        truth = Truth.of(truth, None if prior is None else rebalancing_weights(prior))
+    output = np.asarray(output)
+    if truth.rgb.shape != output.shape or output.dtype != np.uint8:
+        raise ValueError(f"expected two uint8 RGB images [H, W, 3] of one shape, got {truth.rgb.dtype} "
+                         f"{truth.rgb.shape} and {output.dtype} {output.shape}")  # fmt: skip
     lab_out = color.rgb_to_lab(output).numpy().astype(np.float64)
-    ab_error = lab_out[..., 1:] - lab_true[..., 1:]
-    colorfulness, colorfulness_truth = color.colorfulness(output), color.colorfulness(truth)
+    ab_error = lab_out[..., 1:] - truth.lab[..., 1:]
+    colorfulness = color.colorfulness(output)
     scores = {
         "mse_ab": float(np.mean(ab_error**2)),
         "mae_ab": float(np.mean(np.abs(ab_error))),
-        "psnr": psnr(truth, output),
-        "ssim": ssim(truth, output),
-        "auc": auc_ab(lab_true[..., 1:], lab_out[..., 1:]),
-        "accuracy": nazeri_accuracy(lab_true, lab_out),
+        "psnr": psnr(truth.rgb, output),
+        "ssim": ssim(truth.rgb, output),
+        "auc": auc_ab(truth.lab[..., 1:], lab_out[..., 1:]),
+        "accuracy": nazeri_accuracy(truth.lab, lab_out),
         "colorfulness": colorfulness,
-        "colorfulness_truth": colorfulness_truth,
-        "colorfulness_gap": abs(colorfulness - colorfulness_truth),
+        "colorfulness_truth": truth.colorfulness,
+        "colorfulness_gap": abs(colorfulness - truth.colorfulness),
     }
-    if prior is not None:
-        # weighted by the rarity of the TRUE colour, so a model cannot earn weight by its output
-        weights = rebalancing_weights(prior)[color.nearest_bin(lab_true[..., 1:]).numpy()]
-        scores["auc_rebalanced"] = auc_ab(lab_true[..., 1:], lab_out[..., 1:], weights)
+    if truth.ab_weights is not None:
+        scores["auc_rebalanced"] = auc_ab(truth.lab[..., 1:], lab_out[..., 1:], truth.ab_weights)
     return scores
 
 

@@ -68,12 +68,17 @@ def evaluate(
     grid_rows: list[list[np.ndarray]] = []  # [baseline, *models, truth] per grid photo
     labelled_rows: list[list[np.ndarray]] = []  # the same per photo the classifier can label
     labels: list[int] = []
+    bin_weights = None if prior is None else metrics.rebalancing_weights(prior)
     for name, truth, label in images:
         truth = np.asarray(truth)
+        try:
+            truth_scored = metrics.Truth.of(truth, bin_weights)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
         outputs = [np.asarray(model(truth)) for model in models.values()]
         for model_name, output in zip(models, outputs):
             try:
-                scores[model_name].append(metrics.score_image(truth, output, prior))
+                scores[model_name].append(metrics.score_image(truth_scored, output))
             except ValueError as error:
                 raise ValueError(f"{model_name} on {name}: {error}") from None
         if len(names) < grid_count:

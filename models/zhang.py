@@ -111,8 +111,9 @@ def decode(logits: tf.Tensor, temperature: tf.Tensor | float, log_weights: tf.Te
     """The annealed mean: logits [B, h, w, Q] and temperature (scalar or [B]) -> color [B, h, w, 2] float32.
 
     softmax(log p / T) re-weights the predicted distribution p; since log p is the logits
-    minus a per-pixel constant, that is softmax(logits / T). With `log_weights` [Q], p is
-    first multiplied by exp(log_weights) (a rebalancing at decoding). The colour is the
+    minus a per-pixel constant, that is softmax(logits / T). With `log_weights` [Q] (or
+    [B, 1, 1, Q], one per image), p is first multiplied by exp(log_weights) (a rebalancing at
+    decoding). The colour is the
     expectation of the bin centres under it, in model scaling (ab / 110, within [-1, 1]).
     """
     temperature = tf.reshape(tf.cast(temperature, tf.float32), [-1, 1, 1, 1])
@@ -150,6 +151,15 @@ class ZhangGenerator(keras.Model):
         log_weights = self.decode_rebalance * self.log_rebalance if self.decode_rebalance else None
         fake_color = decode(self.network(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")  # [B, H, W, 2]
+
+    def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor) -> tf.Tensor:
+        """One photo's gray [1, H, W, 1] decoded D ways from one pass of the network: at
+        temperatures [D] and decode_rebalance values [D] -> color [D, H, W, 2], each exactly what
+        `call` gives at those settings (what a sweep of decodings needs: the network's cost once)."""
+        logits = self.network(gray, training=False)
+        log_weights = tf.reshape(tf.cast(rebalances, tf.float32), [-1, 1, 1, 1]) * self.log_rebalance
+        fake_color = decode(tf.repeat(logits, tf.size(temperatures), axis=0), temperatures, log_weights)
+        return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")
 
 
 def build(config: ZhangConfig) -> dict[str, keras.Model]:

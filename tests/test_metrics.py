@@ -96,6 +96,15 @@ def test_score_image_weights_by_the_truths_colours_not_the_outputs():
     assert "auc_rebalanced" not in metrics.score_image(truth, output)
 
 
+def test_a_truth_computed_once_scores_every_output_as_the_arrays_do():
+    truth, counts = colourful(seed=1), np.arange(1.0, len(color.ab_bins()) + 1)
+    once = metrics.Truth.of(truth, metrics.rebalancing_weights(counts))
+    for output in (metrics.grayscale(truth), colourful(seed=2), truth.copy()):
+        assert metrics.score_image(once, output) == metrics.score_image(truth, output, counts)
+    with pytest.raises(ValueError, match="uint8 RGB truth"):
+        metrics.Truth.of(truth.astype(np.float32))
+
+
 def test_nazeri_accuracy_thresholds_rounded_lab():
     lab = np.concatenate([np.full((4, 4, 1), 50.0), integer_ab()[:4, :4]], axis=-1)
     shifts = np.zeros_like(lab)

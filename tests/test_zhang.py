@@ -288,6 +288,30 @@ def test_make_evaluate_sweeps_the_decoding_temperature(shards_with_prior, tmp_pa
     assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--decode-rebalance=-1"]) == 2
 
 
+def test_a_decoding_sweep_gives_each_decoding_what_the_generator_gives_alone():
+    from evaluate.__main__ import DecodingSweep
+    from export.savedmodel import colorize_pixels
+
+    generator = models.build("zhang", TINY)["generator"]
+    bias = generator.network.get_layer("conv8_bins").bias
+    bias.assign(tf.random.stateless_normal(bias.shape, [3, 4]))
+    generator.log_rebalance.assign(tf.random.stateless_normal(generator.log_rebalance.shape, [5, 6]))
+    decodings = [(0.38, 0.0), (1.0, 0.0), (0.38, 1.0), (0.6, 0.5)]  # (temperature, decode_rebalance)
+    sweep = DecodingSweep(generator, 32, TINY.stride, decodings)
+    photos = [np.random.default_rng(seed).integers(0, 256, [40, 56, 3], dtype=np.uint8) for seed in (0, 1)]
+    buffer = np.empty_like(photos[0])  # one array refilled with each photo, as a reader may do
+    for photo in photos:
+        buffer[...] = photo
+        swept = [sweep.model(index)(buffer) for index in range(len(decodings))]
+        for (temperature, rebalance), colorized in zip(decodings, swept):
+            generator.decode_rebalance = rebalance
+            alone = colorize_pixels(generator, tf.constant(photo[None]), 32, TINY.stride, tf.constant([temperature]))
+            assert colorized.shape == photo.shape and colorized.dtype == np.uint8
+            assert np.abs(colorized.astype(int) - alone[0].numpy()).max() <= 1
+        assert len({colorized.tobytes() for colorized in swept}) == len(decodings)  # each its own decoding
+    assert not np.array_equal(sweep.model(0)(photos[0]), sweep.model(0)(photos[1]))
+
+
 def test_rebalancing_at_decoding_multiplies_the_distribution_by_the_weights():
     logits = tf.constant([[[[0.0, 0.0, 3.0]]]])  # [1, 1, 1, Q=3]: bin 2 is the likely one
     log_weights = tf.math.log(tf.constant([10.0, 1.0, 1.0]))
