@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import cyclegan, guided, iizuka, pix2pix, regression, zhang
+from models import cyclegan, guided, iizuka, pix2pix, regression, unet, zhang
 from models.config import ConfigError, from_dict
 from preprocess import atomic
 
@@ -134,11 +135,13 @@ def build_from_run(run_dir: str | Path, checkpoint: str = "best") -> dict[str, k
         raise FileNotFoundError(f"{run_dir}: no {checkpoint} checkpoint in {folders[checkpoint]}")
     # Optimizer slots and loop state are in the file too; only the weights are wanted here.
     status = tf.train.Checkpoint(**networks).restore(path).expect_partial()
-    if "log_rebalance" in assert_restored(status, path, networks):
+    missing = assert_restored(status, path, networks)
+    if "log_rebalance" in missing:
         # what the training step would have set, from the run's data while it is still there
         prior = training_prior(saved)
         if prior is not None:
             networks["generator"].log_rebalance.assign(zhang.decoding_log_weights(prior, saved.model_config.prior_sigma))
+    start_missing_statistics(networks, missing)
     return networks
 
 
@@ -162,8 +165,17 @@ def require_decoding_weights(generator: keras.Model, run: str | Path) -> None:
 
 
 # Weights added to a model after checkpoints of it exist, which such checkpoints may lack:
-# they keep their initial values (zhang's log_rebalance: zeros, no rebalancing at decoding).
-ADDED_LATER = ("log_rebalance",)
+# they keep their initial values (zhang's log_rebalance: zeros, no rebalancing at decoding),
+# except the extra batch-norm statistics sets, which start as copies of the first set.
+ADDED_LATER = re.compile(r"log_rebalance|moving_(mean|variance)_\d+")
+
+
+def start_missing_statistics(networks: dict[str, keras.Model], missing: list[str]) -> None:
+    """Batch-norm statistics sets that a checkpoint lacked (`missing`, from `assert_restored`)
+    start as copies of the first set, the statistics the checkpoint's network had."""
+    if any(name.startswith("moving_") for name in missing):
+        for network in networks.values():
+            unet.copy_first_statistics(network)
 
 
 def assert_restored(status, path: str, networks: dict[str, keras.Model]) -> list[str]:
@@ -174,7 +186,7 @@ def assert_restored(status, path: str, networks: dict[str, keras.Model]) -> list
     except AssertionError as error:
         stored = {name for name, _ in tf.train.list_variables(path)}
         missing = [variable.name for network in networks.values() for variable in network.variables
-                   if variable.name in ADDED_LATER
+                   if ADDED_LATER.fullmatch(variable.name)
                    and not any(f"/{variable.name}/" in name for name in stored)]  # fmt: skip
         if not missing or f"Found {len(missing)} Python objects" not in str(error):
             raise

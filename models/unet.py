@@ -32,28 +32,63 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     synchronize_batch_norm) are Keras's all-reduced moments, with the same unbiased update.
     Other cases (masks, renormalised statistics, other ranks or axes) go to Keras's
     implementation.
+
+    `statistics_sets` > 1 keeps that many sets of moving statistics (set 0 is Keras's own
+    moving_mean and moving_variance; set i > 0 is moving_mean_i and moving_variance_i);
+    `statistics_set` says which one a call normalises with, and updates when training. A
+    network trained at several image sizes keeps one set per size (models.zhang): a
+    feature map's statistics depend on the size (padding is a larger share of a small
+    map), and one set mixed from both sizes coloured 32 px photos orange-brown while
+    making 64 px ones dull (BENCHMARKS.md, "Batch-norm statistics per size").
     """
+
+    def __init__(self, *args, statistics_sets: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.statistics_sets = statistics_sets
+        self.statistics_set = 0  # read when traced; models.zhang.ZhangGenerator.logits chooses it
+
+    def build(self, input_shape) -> None:
+        super().build(input_shape)
+        for index in range(1, self.statistics_sets):
+            for kind, initializer in (("mean", self.moving_mean_initializer),
+                                      ("variance", self.moving_variance_initializer)):  # fmt: skip
+                setattr(self, f"moving_{kind}_{index}", self.add_weight(
+                    shape=self.moving_mean.shape, name=f"moving_{kind}_{index}", initializer=initializer,
+                    trainable=False, autocast=False))  # fmt: skip
+
+    def statistics(self, index: int) -> tuple[keras.Variable, keras.Variable]:
+        """(moving mean, moving variance) of set `index`."""
+        if index == 0:
+            return self.moving_mean, self.moving_variance
+        return getattr(self, f"moving_mean_{index}"), getattr(self, f"moving_variance_{index}")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "statistics_sets": self.statistics_sets}
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (3, -1):
+            if self.statistics_set:
+                raise ValueError(f"{self.name}: statistics set {self.statistics_set} needs [B, H, W, C] images "
+                                 f"without masks or renormalisation")  # fmt: skip
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        moving_mean, moving_variance = self.statistics(self.statistics_set)
         learning = bool(training) and self.trainable
         if learning and self.synchronized:
-            return self._synchronized_call(inputs, scale, offset)
+            return self._synchronized_call(inputs, scale, offset, moving_mean, moving_variance)
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
-            variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+            x=inputs, scale=scale, offset=offset, mean=tf.cast(moving_mean, tf.float32),
+            variance=tf.cast(moving_variance, tf.float32), epsilon=self.epsilon,
             exponential_avg_factor=1.0 - self.momentum, is_training=learning,
         )  # fmt: skip
         if learning:  # the op returns the moving statistics already updated by its factor
-            self.moving_mean.assign(mean)
-            self.moving_variance.assign(variance)
+            moving_mean.assign(mean)
+            moving_variance.assign(variance)
         return tf.cast(outputs, self.compute_dtype)
 
-    def _synchronized_call(self, inputs, scale, offset):
+    def _synchronized_call(self, inputs, scale, offset, moving_mean, moving_variance):
         """Training with the moments of every replica's batch, as the fused op would take them
         from one replica's batch of them all: N replicas keep one replica's moving statistics."""
         x = tf.cast(inputs, tf.float32)
@@ -62,9 +97,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         replicas = context.num_replicas_in_sync if context else 1
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]) * replicas, tf.float32)  # pixels per channel
         factor = 1.0 - self.momentum
-        self.moving_mean.assign((1.0 - factor) * self.moving_mean + factor * mean)
-        self.moving_variance.assign((1.0 - factor) * self.moving_variance
-                                    + factor * variance * count / tf.maximum(count - 1.0, 1.0))  # fmt: skip
+        moving_mean.assign((1.0 - factor) * moving_mean + factor * mean)
+        moving_variance.assign((1.0 - factor) * moving_variance
+                               + factor * variance * count / tf.maximum(count - 1.0, 1.0))  # fmt: skip
         outputs = tf.nn.batch_normalization(x, mean, variance, offset, scale, self.epsilon)
         return tf.cast(outputs, self.compute_dtype)
 
@@ -166,14 +201,24 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
         return self.activation(outputs) if self.activation is not None else outputs
 
 
-def batch_norm(name: str) -> keras.layers.BatchNormalization:
+def batch_norm(name: str, statistics_sets: int = 1) -> keras.layers.BatchNormalization:
     """BatchNorm as in the pix2pix reference (PyTorch's momentum 0.1, eps 1e-5), fused.
 
     Keras' default momentum 0.99 lets the moving statistics lag a GAN's fast-moving weights
     by hundreds of steps: on a 32 px run, inference-mode validation L1 was twice the
     training-mode L1 until the statistics were recalibrated.
     """
-    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name, statistics_sets=statistics_sets)
+
+
+def copy_first_statistics(network: keras.Model) -> None:
+    """Every extra statistics set of `network`'s batch norms set to a copy of set 0: the start
+    of sets that a checkpoint from before they existed (a fine-tune's source) lacks."""
+    for layer in network._flatten_layers():
+        if isinstance(layer, FusedBatchNormalization):
+            for index in range(1, layer.statistics_sets):
+                for target, source in zip(layer.statistics(index), layer.statistics(0)):
+                    target.assign(source)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import unet
-from models.config import check
+from models.config import ConfigError, check
 from preprocess import color
 
 
@@ -47,6 +47,10 @@ class ZhangConfig:
     # (lambda 0.5, as the paper trains) to this power: 0 as trained; 1 as if trained with
     # rebalancing. Lifts rare, saturated colours where the network finds them plausible.
     decode_rebalance: float = 0.0
+    # Image sides, comma-separated (e.g. 64,32), that keep batch-norm statistics of their own:
+    # a photo is normalised with those of the side nearest its working size. Training with
+    # --scales sets it to the scales' sides; empty: one set for every size.
+    statistics_sides: str = ""
 
     def __post_init__(self) -> None:
         check(self.base_width >= 1, f"--base_width={self.base_width}: must be at least 1")
@@ -58,6 +62,21 @@ class ZhangConfig:
         check(self.prior_sigma >= 0.0, f"--prior_sigma={self.prior_sigma}: must be >= 0")
         check(self.temperature > 0.0, f"--temperature={self.temperature}: must be > 0")
         check(self.decode_rebalance >= 0.0, f"--decode_rebalance={self.decode_rebalance}: must be >= 0")
+        self.sides  # noqa: B018 (checks --statistics_sides)
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """--statistics_sides as numbers; () without it."""
+        if not self.statistics_sides:
+            return ()
+        try:
+            sides = tuple(int(part) for part in self.statistics_sides.split(","))
+        except ValueError:
+            raise ConfigError(f"--statistics_sides={self.statistics_sides}: expected comma-separated "
+                              f"image sides, e.g. 64,32") from None  # fmt: skip
+        check(all(side >= 8 for side in sides) and len(set(sides)) == len(sides),
+              f"--statistics_sides={self.statistics_sides}: distinct sides of at least 8 px")  # fmt: skip
+        return sides
 
     @property
     def stride(self) -> int:
@@ -92,7 +111,7 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
             strides = 2 if block <= 3 and i == convolutions else 1
             x = keras.layers.Conv2D(multiple * b, 3, strides=strides, padding="same", dilation_rate=dilation,
                                     activation="relu", name=f"conv{block}_{i}")(x)  # fmt: skip
-        x = unet.batch_norm(f"conv{block}_norm")(x)
+        x = unet.batch_norm(f"conv{block}_norm", max(len(config.sides), 1))(x)
 
     # Block 8: three layers of 4 b channels; the first log2(8 / output_stride) upsample by 2.
     upsamplings = int(math.log2(8 // config.output_stride))
@@ -137,9 +156,10 @@ class ZhangGenerator(keras.Model):
     """
 
     def __init__(self, network: keras.Model, temperature: float, decode_rebalance: float = 0.0,
-                 name: str = "generator") -> None:  # fmt: skip
+                 sides: tuple[int, ...] = (), name: str = "generator") -> None:  # fmt: skip
         super().__init__(name=name, dtype="float32")  # decoding in float32 under any policy
         self.network = network
+        self.sides = sides
         self.temperature = temperature
         self.decode_rebalance = decode_rebalance
         self.log_rebalance = self.add_weight(shape=[len(color.ab_bins())], initializer="zeros", trainable=False,
@@ -149,14 +169,38 @@ class ZhangGenerator(keras.Model):
     def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool = False) -> tf.Tensor:
         gray, temperature = inputs if isinstance(inputs, (list, tuple)) else (inputs, self.temperature)
         log_weights = self.decode_rebalance * self.log_rebalance if self.decode_rebalance else None
-        fake_color = decode(self.network(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
+        fake_color = decode(self.logits(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")  # [B, H, W, 2]
+
+    def logits(self, gray: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The network's logits [B, h, w, Q] for gray [B, H, W, 1]: with `sides`, normalised by
+        (and, training, updating) the batch-norm statistics of the side nearest in area."""
+        if len(self.sides) < 2:
+            return self.network(gray, training=training)
+        norms = [layer for layer in self.network._flatten_layers() if isinstance(layer, unet.FusedBatchNormalization)]
+        area = tf.cast(tf.shape(gray)[1] * tf.shape(gray)[2], tf.float32)
+        areas = tf.constant([float(side * side) for side in self.sides])
+        nearest = tf.cast(tf.argmin(tf.abs(tf.math.log(areas) - tf.math.log(area))), tf.int32)
+
+        def with_statistics(index: int):
+            def branch() -> tf.Tensor:
+                for layer in norms:
+                    layer.statistics_set = index  # read as the branch is traced
+                try:
+                    return self.network(gray, training=training)
+                finally:
+                    for layer in norms:
+                        layer.statistics_set = 0
+
+            return branch
+
+        return tf.switch_case(nearest, [with_statistics(index) for index in range(len(self.sides))])
 
     def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor) -> tf.Tensor:
         """One photo's gray [1, H, W, 1] decoded D ways from one pass of the network: at
         temperatures [D] and decode_rebalance values [D] -> color [D, H, W, 2], each exactly what
         `call` gives at those settings (what a sweep of decodings needs: the network's cost once)."""
-        logits = self.network(gray, training=False)
+        logits = self.logits(gray)
         log_weights = tf.reshape(tf.cast(rebalances, tf.float32), [-1, 1, 1, 1]) * self.log_rebalance
         fake_color = decode(tf.repeat(logits, tf.size(temperatures), axis=0), temperatures, log_weights)
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")
@@ -164,7 +208,8 @@ class ZhangGenerator(keras.Model):
 
 def build(config: ZhangConfig) -> dict[str, keras.Model]:
     """{"generator": gray -> fake_color, with `.network`: gray -> logits}."""
-    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance)}
+    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance,
+                                        config.sides)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

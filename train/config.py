@@ -251,6 +251,9 @@ def resolve(argv: list[str]) -> Settings:
     base_model = saved.model_config if saved else source or entry.config()
     preset_values = dict(entry.presets[preset_size]) if preset_size is not None else {}
     data_values = dict(entry.from_data(shards)) if entry.from_data and not saved else {}
+    if train.scales and "statistics_sides" in model_types and not saved and "statistics_sides" not in model_values:
+        # one set of batch-norm statistics per scale: a set mixed from several sizes fits none
+        model_values["statistics_sides"] = ",".join(map(str, train.scaled_sizes(image_size)))
     model_config = override(base_model, {**preset_values, **data_values, **model_values})
 
     if saved and model_config != saved.model_config:

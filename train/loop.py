@@ -619,7 +619,7 @@ def warm_start(networks: dict[str, keras.Model], init_from: str) -> None:
     try:
         status = tf.train.Checkpoint(**networks).restore(source)
         status.expect_partial()  # its optimizers and step stay behind
-        models.assert_restored(status, source, networks)
+        models.start_missing_statistics(networks, models.assert_restored(status, source, networks))
     except (AssertionError, tf.errors.OpError, ValueError) as error:
         message = str(error).strip().splitlines()[0]
         raise ConfigError(f"--init_from={init_from}: {source} does not fit this model: {message}") from None
