@@ -60,7 +60,7 @@ help:
 	@echo "make classifier DATA=<CIFAR-10 shards>  the classifier of the semantic-interpretability metric"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
 	@echo "make bench-beam           make data on Beam's DirectRunner against the local writer, into BENCHMARKS.md"
-	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>]   retrain the shipped colorizer (~80 min)"
+	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>]   retrain the shipped colorizer (~5 h)"
 	@echo "make bench PEER_SRC=... PEER_PYTHON=... [PEER_BENCH=...] [ARGS='--rounds=3 --iters=5 ...']"
 	@echo "                          side by side with the PyTorch references, into BENCHMARKS.md"
 
@@ -85,13 +85,20 @@ train: $(READY)
 DEMO_STEPS ?= 400
 
 # make pretrained: the colorizer that ships in export/pretrained/ (its README has the
-# figures), trained from Tiny ImageNet's train/<class>/*.JPEG folders: about 80 minutes on
-# two cores. Every stage resumes: after an interruption, run the same command again.
+# figures), trained from Tiny ImageNet's train/<class>/*.JPEG folders: about 5 hours on two
+# cores, a first stage at 64 px, then one at 64 and 32 px in turn (skipped with
+# PRETRAINED_SCALED_STEPS=0). PRETRAINED_WIDTH=16 PRETRAINED_STEPS=24000
+# PRETRAINED_SCALED_STEPS=0 is version 1's recipe, about 80 minutes. Every stage resumes:
+# after an interruption, run the same command again.
 TINY ?= data/raw/tinyimagenet64
 PRETRAINED_RUN ?= runs/pretrained
-PRETRAINED_STEPS ?= 24000
+PRETRAINED_WIDTH ?= 32
+PRETRAINED_STEPS ?= 45000
+PRETRAINED_SCALED_STEPS ?= 16000
 PRETRAINED_TEMPERATURE ?= 0.38
 PRETRAINED_REBALANCE ?= 0.5
+PRETRAINED_VERSION ?= 2
+PRETRAINED_FINAL = $(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),$(PRETRAINED_RUN),$(PRETRAINED_RUN)-scales)
 
 export: $(READY)
 	$(PY) -m export --run='$(RUN)' $(if $(VERSION),--version=$(VERSION)) $(ARGS)
@@ -109,14 +116,21 @@ classifier: $(READY)
 pretrained: $(READY)
 	$(PY) -m preprocess --source='imagefolder:$(TINY)' --size=64 --mode=resize --val-fraction=0.1 --out=data/tiny64
 	$(PY) -m train --model=zhang --data=data/tiny64 --run='$(PRETRAINED_RUN)' --steps=$(PRETRAINED_STEPS) \
-		--batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 --lr_schedule=linear \
-		--eval_every=1000 --checkpoint_every=1000 --sample_every=2000 --log_every=200 --keep_checkpoints=30
-	$(PY) -m evaluate --run='$(PRETRAINED_RUN)' --data=data/tiny64 --split=val --limit=1000 --name=pretrained-sweep \
-		--grid=4 --temperatures=0.2,0.38 --decode-rebalance=0,0.5,0.6,0.7,0.8,1
-	rm -rf '$(PRETRAINED_RUN)/export'
-	$(PY) -m export --run='$(PRETRAINED_RUN)' --out='$(PRETRAINED_RUN)/export' --name=colorizer --version=1 \
-		--temperature=$(PRETRAINED_TEMPERATURE) --decode_rebalance=$(PRETRAINED_REBALANCE)
-	rm -rf export/pretrained/colorizer && mv '$(PRETRAINED_RUN)/export/colorizer' export/pretrained/colorizer
+		--base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
+		--lr_schedule=linear --eval_every=1000 --checkpoint_every=1000 --sample_every=2000 --log_every=200 \
+		--keep_checkpoints=30
+	$(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),,$(PY) -m train --model=zhang --data=data/tiny64 \
+		--run='$(PRETRAINED_FINAL)' --init_from='$(PRETRAINED_RUN)' --scales=1,0.5 --steps=$(PRETRAINED_SCALED_STEPS) \
+		--base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
+		--learning_rate=1e-4 --lr_schedule=linear --decay_start=0 --eval_every=2000 --checkpoint_every=1000 \
+		--keep_checkpoints=20)
+	$(PY) -m evaluate --run='$(PRETRAINED_FINAL)' --checkpoints=latest --data=data/tiny64 --split=val --limit=1000 \
+		--name=pretrained-sweep --grid=4 --temperatures=0.38,0.6,1 --decode-rebalance=0,0.5,0.7,0.8,0.9,1
+	rm -rf '$(PRETRAINED_FINAL)/export'
+	$(PY) -m export --run='$(PRETRAINED_FINAL)' --checkpoint=latest --out='$(PRETRAINED_FINAL)/export' --name=colorizer \
+		--version=$(PRETRAINED_VERSION) --temperature=$(PRETRAINED_TEMPERATURE) \
+		--decode_rebalance=$(PRETRAINED_REBALANCE) --weights=bfloat16
+	rm -rf export/pretrained/colorizer && mv '$(PRETRAINED_FINAL)/export/colorizer' export/pretrained/colorizer
 	@echo "pretrained: export/pretrained/colorizer; the sweep that chose its decoding: reports/pretrained-sweep/"
 
 demo: $(READY)
