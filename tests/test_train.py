@@ -486,10 +486,11 @@ def test_bad_scales_and_init_from_exit_2_with_one_line(extra, message, tiny_shar
     assert error.count("\n") == 1 and message in error
 
 
-def test_a_multiscale_run_trains_at_both_sizes_and_resumes_exactly(tiny_shards, tmp_path):
+def test_a_multiscale_run_trains_at_both_sizes_and_resumes_exactly(tiny_shards, tmp_path, capsys):
     common = ["--scales=1,0.5", "--steps=6", "--eval_every=3", "--log_every=1", "--checkpoint_every=2"]
     stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
     assert main(_regression(tiny_shards, stopped, *common, "--steps=3")) == 0
+    assert "--model=regression's batch norms keep one set of statistics" in capsys.readouterr().err
     assert main(["--model=regression", f"--run={stopped}", "--steps=6"]) == 0
     assert main(_regression(tiny_shards, unbroken, *common)) == 0
     resumed, reference = (_checkpoint_values(str(run / "ckpt" / "ckpt-6")) for run in (stopped, unbroken))

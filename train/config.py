@@ -12,6 +12,7 @@ shows TensorFlow's own log lines.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -254,6 +255,10 @@ def resolve(argv: list[str]) -> Settings:
     if train.scales and "statistics_sides" in model_types and not saved and "statistics_sides" not in model_values:
         # one set of batch-norm statistics per scale: a set mixed from several sizes fits none
         model_values["statistics_sides"] = ",".join(map(str, train.scaled_sizes(image_size)))
+    elif train.scales and "statistics_sides" not in model_types:
+        print(f"--scales: --model={name}'s batch norms keep one set of statistics, mixed from every size, which "
+              f"fits none exactly (zhang keeps one per size; BENCHMARKS.md, \"Batch-norm statistics per size\")",
+              file=sys.stderr)  # fmt: skip
     model_config = override(base_model, {**preset_values, **data_values, **model_values})
 
     if saved and model_config != saved.model_config:
