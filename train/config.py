@@ -255,10 +255,6 @@ def resolve(argv: list[str]) -> Settings:
     if train.scales and "statistics_sides" in model_types and not saved and "statistics_sides" not in model_values:
         # one set of batch-norm statistics per scale: a set mixed from several sizes fits none
         model_values["statistics_sides"] = ",".join(map(str, train.scaled_sizes(image_size)))
-    elif train.scales and "statistics_sides" not in model_types:
-        print(f"--scales: --model={name}'s batch norms keep one set of statistics, mixed from every size, which "
-              f"fits none exactly (zhang keeps one per size; BENCHMARKS.md, \"Batch-norm statistics per size\")",
-              file=sys.stderr)  # fmt: skip
     model_config = override(base_model, {**preset_values, **data_values, **model_values})
 
     if saved and model_config != saved.model_config:
@@ -284,6 +280,10 @@ def resolve(argv: list[str]) -> Settings:
     if gray_shards and model_config.unpaired:
         raise ConfigError(f"--gray_data and --unpaired both choose the gray photos (those of {train.gray_data}, or "
                           f"half of {train.data}'s): use one")  # fmt: skip
+    if train.scales and "statistics_sides" not in model_types:
+        print(f"--scales: --model={name}'s batch norms keep one set of statistics, mixed from every size, which "
+              f"fits none exactly (zhang keeps one per size; BENCHMARKS.md, \"Batch-norm statistics per size\")",
+              file=sys.stderr)  # fmt: skip
     return Settings(name, model_config, train, preset_size, resumed, shards, per_epoch, gray_shards)
 
 
