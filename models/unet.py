@@ -211,14 +211,18 @@ def batch_norm(name: str, statistics_sets: int = 1) -> keras.layers.BatchNormali
     return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name, statistics_sets=statistics_sets)
 
 
+def batch_norms(network: keras.Model) -> list[FusedBatchNormalization]:
+    """Every FusedBatchNormalization in `network`, nested models included."""
+    return [layer for layer in network._flatten_layers() if isinstance(layer, FusedBatchNormalization)]
+
+
 def copy_first_statistics(network: keras.Model) -> None:
     """Every extra statistics set of `network`'s batch norms set to a copy of set 0: the start
     of sets that a checkpoint from before they existed (a fine-tune's source) lacks."""
-    for layer in network._flatten_layers():
-        if isinstance(layer, FusedBatchNormalization):
-            for index in range(1, layer.statistics_sets):
-                for target, source in zip(layer.statistics(index), layer.statistics(0)):
-                    target.assign(source)
+    for layer in batch_norms(network):
+        for index in range(1, layer.statistics_sets):
+            for target, source in zip(layer.statistics(index), layer.statistics(0)):
+                target.assign(source)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,7 +177,7 @@ class ZhangGenerator(keras.Model):
         (and, training, updating) the batch-norm statistics of the side nearest in area."""
         if len(self.sides) < 2:
             return self.network(gray, training=training)
-        norms = [layer for layer in self.network._flatten_layers() if isinstance(layer, unet.FusedBatchNormalization)]
+        norms = unet.batch_norms(self.network)
         area = tf.cast(tf.shape(gray)[1] * tf.shape(gray)[2], tf.float32)
         areas = tf.constant([float(side * side) for side in self.sides])
         nearest = tf.cast(tf.argmin(tf.abs(tf.math.log(areas) - tf.math.log(area))), tf.int32)
