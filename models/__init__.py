@@ -13,7 +13,9 @@ How to add a model `foo`:
      at `--learning_rate`. Every network gets its own optimizer and checkpoint entry, so
      networks must not share weights: a part the step needs on its own is an attribute
      (zhang's `generator.network`) or a view built from the same layers (iizuka's
-     `with_global_features`).
+     `with_global_features`). For batch-norm statistics per image size (what --scales
+     sets), the config inherits unet.StatisticsSides (first among its bases) and the
+     network is a unet.SizeStatisticsNetwork of unet.batch_norm(name, config.sides) layers.
   2. Add `"foo": Model(foo.FooConfig, foo.build, foo.PRESETS)` to MODELS below; settings
      that depend on the training data go in `from_data` (iizuka's class count), which
      gets the data's preprocess.dataset.Shards.

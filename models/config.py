@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 Config = TypeVar("Config")
+Item = TypeVar("Item")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -91,3 +92,14 @@ def check(condition: bool, message: str) -> None:
     """For `__post_init__` range checks: raise ConfigError(message) unless `condition`."""
     if not condition:
         raise ConfigError(message)
+
+
+def comma_separated(key: str, value: str, kind: Callable[[str], Item], expected: str) -> tuple[Item, ...]:
+    """A comma-separated setting --key=value as a tuple of `kind`, () when empty; a ConfigError
+    that says it `expected` comma-separated ... (e.g. "numbers, e.g. 1,0.5") otherwise."""
+    if not value:
+        return ()
+    try:
+        return tuple(kind(part) for part in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--{key}={value}: expected comma-separated {expected}") from None

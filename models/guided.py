@@ -36,7 +36,7 @@ from preprocess import color
 
 
 @dataclasses.dataclass(frozen=True)
-class GuidedConfig:
+class GuidedConfig(unet.StatisticsSides):
     """Network, hint sampling and loss; the defaults are the paper's (widths 64 ... 512)."""
 
     base_width: int = 64  # blocks 1-7 have 1, 2, 4, 8, 8, 8, 8 times this many channels; 8-10 have 4, 2, 1
@@ -58,6 +58,7 @@ class GuidedConfig:
         check(self.max_points >= 0, f"--max_points={self.max_points}: must be >= 0")
         check(0.0 <= self.global_hint_probability <= 1.0,
               f"--global_hint_probability={self.global_hint_probability}: must be in [0, 1]")  # fmt: skip
+        super().__post_init__()
 
     @property
     def stride(self) -> int:
@@ -100,7 +101,7 @@ def guided_network(config: GuidedConfig, name: str = "network") -> keras.Model:
         dilation = config.dilation if block in (5, 6) else 1
         for i in range(1, convolutions + 1):
             x = _conv(multiple * b, f"conv{block}_{i}", dilation)(x)
-        x = unet.batch_norm(f"conv{block}_norm")(x)
+        x = unet.batch_norm(f"conv{block}_norm", config.sides)(x)
         if block <= 3:
             skips[block] = x
             # the paper subsamples by 2 (strided slicing); a 2x2 max pool keeps the strongest response instead
@@ -123,11 +124,11 @@ def guided_network(config: GuidedConfig, name: str = "network") -> keras.Model:
         for i in range(1, convolutions + 1):
             x = _conv(multiple * b, f"conv{block}_{i}")(x)
         if block < 10:
-            x = unet.batch_norm(f"conv{block}_norm")(x)
+            x = unet.batch_norm(f"conv{block}_norm", config.sides)(x)
 
     x = keras.layers.Conv2D(2, 1, name="conv_ab")(x)  # [B, H, W, 2]
     fake_color = keras.layers.Activation("tanh", dtype="float32", name="fake_color")(x)
-    return keras.Model([gray, local, global_hint], fake_color, name=name)
+    return unet.SizeStatisticsNetwork([gray, local, global_hint], fake_color, config.sides, name=name)
 
 
 class GuidedGenerator(keras.Model):

@@ -22,6 +22,7 @@ gives the generator's view that the training step uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import tensorflow as tf
@@ -33,7 +34,7 @@ GLOBAL_FEATURES = "global_features"  # the layer whose output the classifier rea
 
 
 @dataclasses.dataclass(frozen=True)
-class IizukaConfig:
+class IizukaConfig(unet.StatisticsSides):
     """Networks and loss weight; the defaults are the paper's (224 px global view, 64 base width)."""
 
     base_width: int = 64  # low-level 64-512, mid-level 512/256, global 512 + FC 1024/512/256, fusion 256 (paper)
@@ -47,6 +48,7 @@ class IizukaConfig:
               f"--global_size={self.global_size}: must be a positive multiple of 32")  # fmt: skip
         check(self.classes >= 0, f"--classes={self.classes}: must be >= 0")
         check(self.lambda_class >= 0.0, f"--lambda_class={self.lambda_class}: must be >= 0")
+        super().__post_init__()
 
     @property
     def stride(self) -> int:
@@ -100,73 +102,80 @@ class Broadcast(keras.layers.Layer):
         return tf.broadcast_to(vector[:, None, None, :], shape)
 
 
-def _conv(x: keras.KerasTensor, width: int, name: str, strides: int = 1, kernel: int = 3) -> keras.KerasTensor:
-    """Convolution, BatchNorm, ReLU: every layer of the paper but the outputs."""
+def _conv(x: keras.KerasTensor, width: int, name: str, strides: int = 1, kernel: int = 3,
+          sides: tuple[int, ...] = ()) -> keras.KerasTensor:  # fmt: skip
+    """Convolution, BatchNorm (statistics per side of `sides`), ReLU: every layer of the paper but the outputs."""
     x = keras.layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
-    x = unet.batch_norm(f"{name}_norm")(x)
+    x = unet.batch_norm(f"{name}_norm", sides)(x)
     return keras.layers.ReLU(name=f"{name}_act")(x)
 
 
-def _dense(x: keras.KerasTensor, width: int, name: str) -> keras.KerasTensor:
+def _dense(x: keras.KerasTensor, width: int, name: str, sides: tuple[int, ...] = ()) -> keras.KerasTensor:
     x = keras.layers.Dense(width, use_bias=False, name=name)(x)
-    x = unet.batch_norm(f"{name}_norm")(x)
+    x = unet.batch_norm(f"{name}_norm", sides)(x)
     return keras.layers.ReLU(name=f"{name}_act")(x)
 
 
 def low_level_network(config: IizukaConfig) -> keras.Model:
     """gray [B, H, W, 1] -> features [B, H / 8, W / 8, 8 b]; shared by the local and global paths."""
     b = config.base_width
+    conv = functools.partial(_conv, sides=config.sides)
     gray = keras.Input([None, None, 1], name="gray")
-    x = _conv(gray, b, "low1", strides=2)  # [B, H / 2, W / 2, b]
-    x = _conv(x, 2 * b, "low2")  # [B, H / 2, W / 2, 2 b]
-    x = _conv(x, 2 * b, "low3", strides=2)  # [B, H / 4, W / 4, 2 b]
-    x = _conv(x, 4 * b, "low4")  # [B, H / 4, W / 4, 4 b]
-    x = _conv(x, 4 * b, "low5", strides=2)  # [B, H / 8, W / 8, 4 b]
-    x = _conv(x, 8 * b, "low6")  # [B, H / 8, W / 8, 8 b]
+    x = conv(gray, b, "low1", strides=2)  # [B, H / 2, W / 2, b]
+    x = conv(x, 2 * b, "low2")  # [B, H / 2, W / 2, 2 b]
+    x = conv(x, 2 * b, "low3", strides=2)  # [B, H / 4, W / 4, 2 b]
+    x = conv(x, 4 * b, "low4")  # [B, H / 4, W / 4, 4 b]
+    x = conv(x, 4 * b, "low5", strides=2)  # [B, H / 8, W / 8, 4 b]
+    x = conv(x, 8 * b, "low6")  # [B, H / 8, W / 8, 8 b]
     return keras.Model(gray, x, name="low_level")
 
 
 def generator(config: IizukaConfig, name: str = "generator") -> keras.Model:
     """gray [B, H, W, 1] in [-1, 1] -> fake_color [B, H, W, 2] float32 in [-1, 1]."""
     b, g = config.base_width, config.global_size
+    conv, dense = functools.partial(_conv, sides=config.sides), functools.partial(_dense, sides=config.sides)
     low_level = low_level_network(config)
     gray = keras.Input([None, None, 1], name="gray")  # [B, H, W, 1]
 
     local = low_level(gray)  # [B, H / 8, W / 8, 8 b]
-    mid = _conv(local, 8 * b, "mid1")  # [B, H / 8, W / 8, 8 b]
-    mid = _conv(mid, 4 * b, "mid2")  # [B, H / 8, W / 8, 4 b]
+    mid = conv(local, 8 * b, "mid1")  # [B, H / 8, W / 8, 8 b]
+    mid = conv(mid, 4 * b, "mid2")  # [B, H / 8, W / 8, 4 b]
 
     x = low_level(Resize(g, name="global_view")(gray))  # [B, g / 8, g / 8, 8 b]
-    x = _conv(x, 8 * b, "global1", strides=2)  # [B, g / 16, g / 16, 8 b]
-    x = _conv(x, 8 * b, "global2")
-    x = _conv(x, 8 * b, "global3", strides=2)  # [B, g / 32, g / 32, 8 b]
-    x = _conv(x, 8 * b, "global4")
+    x = conv(x, 8 * b, "global1", strides=2)  # [B, g / 16, g / 16, 8 b]
+    x = conv(x, 8 * b, "global2")
+    x = conv(x, 8 * b, "global3", strides=2)  # [B, g / 32, g / 32, 8 b]
+    x = conv(x, 8 * b, "global4")
     x = keras.layers.Flatten(name="global_flatten")(x)  # [B, (g / 32)**2 * 8 b]
-    x = _dense(x, 16 * b, "global_fc1")  # [B, 16 b]
-    features = _dense(x, 8 * b, "global_fc2")  # [B, 8 b]: what the classifier reads
+    x = dense(x, 16 * b, "global_fc1")  # [B, 16 b]
+    features = dense(x, 8 * b, "global_fc2")  # [B, 8 b]: what the classifier reads
     features = keras.layers.Identity(name=GLOBAL_FEATURES)(features)
-    vector = _dense(features, 4 * b, "global_fc3")  # [B, 4 b]: the 256-d vector of the paper
+    vector = dense(features, 4 * b, "global_fc3")  # [B, 4 b]: the 256-d vector of the paper
 
     # Fusion: the global vector at every mid-level position, mixed with the local features by a 1x1 convolution.
     spread = Broadcast(name="global_broadcast")(vector, like=mid)  # [B, H / 8, W / 8, 4 b]
     x = keras.layers.Concatenate(name="fusion_concat")([mid, spread])  # [B, H / 8, W / 8, 8 b]
-    x = _conv(x, 4 * b, "fusion", kernel=1)  # [B, H / 8, W / 8, 4 b]
+    x = conv(x, 4 * b, "fusion", kernel=1)  # [B, H / 8, W / 8, 4 b]
 
-    x = _conv(x, 2 * b, "color1")  # [B, H / 8, W / 8, 2 b]
+    x = conv(x, 2 * b, "color1")  # [B, H / 8, W / 8, 2 b]
     x = keras.layers.UpSampling2D(2, interpolation="nearest", name="color_up1")(x)  # [B, H / 4, W / 4, 2 b]
-    x = _conv(x, b, "color2")  # [B, H / 4, W / 4, b]
-    x = _conv(x, b, "color3")
+    x = conv(x, b, "color2")  # [B, H / 4, W / 4, b]
+    x = conv(x, b, "color3")
     x = keras.layers.UpSampling2D(2, interpolation="nearest", name="color_up2")(x)  # [B, H / 2, W / 2, b]
-    x = _conv(x, b // 2, "color4")  # [B, H / 2, W / 2, b / 2]
+    x = conv(x, b // 2, "color4")  # [B, H / 2, W / 2, b / 2]
     x = keras.layers.Conv2D(2, 3, padding="same", name="color_out")(x)  # [B, H / 2, W / 2, 2]
     x = keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")(x)  # ab / 220 + 0.5, in [0, 1]
     x = Resize(dtype="float32", name="upsample")(x, like=gray)  # [B, H, W, 2]
     fake_color = keras.layers.Rescaling(2.0, offset=-1.0, dtype="float32", name="fake_color")(x)  # [-1, 1]
-    return keras.Model(gray, fake_color, name=name)
+    return unet.SizeStatisticsNetwork(gray, fake_color, config.sides, name=name)
 
 
 def classifier(config: IizukaConfig, name: str = "classifier") -> keras.Model:
-    """Global features [B, 8 b] -> class logits [B, classes] float32 (the paper's classification network)."""
+    """Global features [B, 8 b] -> class logits [B, classes] float32 (the paper's classification network).
+
+    One set of batch-norm statistics whatever --statistics_sides: it runs in training mode
+    only (train/steps.py), on each batch's own moments, and never reads them.
+    """
     features = keras.Input([8 * config.base_width], name=GLOBAL_FEATURES)
     x = _dense(features, 4 * config.base_width, "class_fc1")  # [B, 4 b]
     x = keras.layers.Dense(config.classes, name="class_fc2")(x)  # [B, classes]
@@ -174,10 +183,11 @@ def classifier(config: IizukaConfig, name: str = "classifier") -> keras.Model:
     return keras.Model(features, logits, name=name)
 
 
-def with_global_features(generator: keras.Model) -> keras.Model:
-    """The same layers and weights as `generator`, as gray -> [fake_color, global features [B, 8 b]]."""
-    return keras.Model(generator.inputs, [generator.outputs[0], generator.get_layer(GLOBAL_FEATURES).output],
-                       name=f"{generator.name}_with_features")  # fmt: skip
+def with_global_features(generator: unet.SizeStatisticsNetwork) -> keras.Model:
+    """The same layers and weights as `generator`, as gray -> [fake_color, global features [B, 8 b]],
+    with the same choice of batch-norm statistics by size."""
+    outputs = [generator.outputs[0], generator.get_layer(GLOBAL_FEATURES).output]
+    return unet.SizeStatisticsNetwork(generator.inputs, outputs, generator.sides, f"{generator.name}_with_features")
 
 
 def build(config: IizukaConfig) -> dict[str, keras.Model]:

@@ -19,7 +19,7 @@ from models.config import check
 
 
 @dataclasses.dataclass(frozen=True)
-class CGANConfig(unet.UNetConfig):
+class CGANConfig(unet.StatisticsSides, unet.UNetConfig):
     """Generator (see UNetConfig), discriminator and loss weights; defaults are pix2pix at 256 px."""
 
     disc_layers: int = 3  # stride-2 blocks: 3 -> 70x70 receptive field (pix2pix), 2 -> 34x34, 1 -> 16x16
@@ -60,6 +60,8 @@ def patchgan_discriminator(config: CGANConfig, name: str = "discriminator",
         if config.disc_norm == "instance":
             # One group per channel is instance norm; it does not mix the examples of a batch.
             return keras.layers.GroupNormalization(groups=-1, name=layer_name)
+        # One set of moving statistics whatever --statistics_sides: the discriminator runs in
+        # training mode only (train/steps.py), on each batch's own moments, and never reads them.
         return unet.batch_norm(layer_name)
 
     channels = {"gray": 1, "color": 2}

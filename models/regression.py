@@ -16,7 +16,7 @@ from models import unet
 
 
 @dataclasses.dataclass(frozen=True)
-class RegressionConfig(unet.UNetConfig):
+class RegressionConfig(unet.StatisticsSides, unet.UNetConfig):
     """Generator (see UNetConfig) and its loss."""
 
     reconstruction: Literal["l1", "mse"] = "l1"

@@ -12,7 +12,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from models.config import check
+from models.config import check, comma_separated
 
 # pix2pix initialises every convolution from N(0, 0.02).
 INITIALIZER_STDDEV = 0.02
@@ -35,17 +35,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     `statistics_sets` > 1 keeps that many sets of moving statistics (set 0 is Keras's own
     moving_mean and moving_variance; set i > 0 is moving_mean_i and moving_variance_i);
-    `statistics_set` says which one a call normalises with, and updates when training. A
-    network trained at several image sizes keeps one set per size (models.zhang): a
-    feature map's statistics depend on the size (padding is a larger share of a small
-    map), and one set mixed from both sizes coloured 32 px photos orange-brown while
-    making 64 px ones dull (BENCHMARKS.md, "Batch-norm statistics per size").
+    `statistics_set` says which one a call normalises with, and updates when training: an
+    int, or an int32 scalar tensor computed in the graph. A network trained at several
+    image sizes keeps one set per size (SizeStatisticsNetwork): a feature map's statistics
+    depend on the size (padding is a larger share of a small map), and one set mixed from
+    both sizes coloured 32 px photos orange-brown while making 64 px ones dull
+    (BENCHMARKS.md, "Batch-norm statistics per size"). Such a layer takes [B, C] features
+    (iizuka's global path) as [B, 1, 1, C] images: Keras's implementation reads set 0 only.
     """
 
     def __init__(self, *args, statistics_sets: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.statistics_sets = statistics_sets
-        self.statistics_set = 0  # read when traced; models.zhang.ZhangGenerator.logits chooses it
+        self.statistics_set = 0  # read by call; SizeStatisticsNetwork.call sets it for its own call
 
     def build(self, input_shape) -> None:
         super().build(input_shape)
@@ -65,27 +67,46 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def get_config(self) -> dict:
         return {**super().get_config(), "statistics_sets": self.statistics_sets}
 
+    def _moving_statistics(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """(moving mean, moving variance) [C] float32 of the set in use."""
+        if not tf.is_tensor(self.statistics_set):
+            return tuple(tf.cast(value, tf.float32) for value in self.statistics(self.statistics_set))
+        sets = [self.statistics(index) for index in range(self.statistics_sets)]
+        return tuple(tf.gather(tf.stack([tf.cast(pair[kind], tf.float32) for pair in sets]), self.statistics_set)
+                     for kind in (0, 1))  # fmt: skip
+
+    def _update_statistics(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
+        """The set in use's moving statistics := mean, variance [C] float32."""
+        if not tf.is_tensor(self.statistics_set):
+            for variable, value in zip(self.statistics(self.statistics_set), (mean, variance)):
+                variable.assign(value)
+            return
+        # every set is written, the others their own values, which they keep exactly
+        for index in range(self.statistics_sets):
+            for variable, value in zip(self.statistics(index), (mean, variance)):
+                variable.assign(tf.where(tf.equal(self.statistics_set, index), value, variable))
+
     def call(self, inputs, training=None, mask=None):
+        if self.statistics_sets > 1 and mask is None and len(inputs.shape) == 2 and self.axis in (1, -1):
+            return tf.reshape(self.call(inputs[:, None, None, :], training), tf.shape(inputs))
         if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (3, -1):
-            if self.statistics_set:
-                raise ValueError(f"{self.name}: statistics set {self.statistics_set} needs [B, H, W, C] images "
-                                 f"without masks or renormalisation")  # fmt: skip
+            if self.statistics_sets > 1:
+                raise ValueError(f"{self.name}: several statistics sets need [B, H, W, C] images or [B, C] "
+                                 f"features, without masks or renormalisation")  # fmt: skip
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
-        moving_mean, moving_variance = self.statistics(self.statistics_set)
+        moving_mean, moving_variance = self._moving_statistics()
         learning = bool(training) and self.trainable
         if learning and self.synchronized:
             return self._synchronized_call(inputs, scale, offset, moving_mean, moving_variance)
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=scale, offset=offset, mean=tf.cast(moving_mean, tf.float32),
-            variance=tf.cast(moving_variance, tf.float32), epsilon=self.epsilon,
-            exponential_avg_factor=1.0 - self.momentum, is_training=learning,
+            x=inputs, scale=scale, offset=offset, mean=moving_mean, variance=moving_variance,
+            epsilon=self.epsilon, exponential_avg_factor=1.0 - self.momentum, is_training=learning,
         )  # fmt: skip
         if learning:  # the op returns the moving statistics already updated by its factor
-            moving_mean.assign(mean)
-            moving_variance.assign(variance)
+            self._update_statistics(mean, variance)
         return tf.cast(outputs, self.compute_dtype)
 
     def _synchronized_call(self, inputs, scale, offset, moving_mean, moving_variance):
@@ -97,9 +118,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         replicas = context.num_replicas_in_sync if context else 1
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]) * replicas, tf.float32)  # pixels per channel
         factor = 1.0 - self.momentum
-        moving_mean.assign((1.0 - factor) * moving_mean + factor * mean)
-        moving_variance.assign((1.0 - factor) * moving_variance
-                               + factor * variance * count / tf.maximum(count - 1.0, 1.0))  # fmt: skip
+        self._update_statistics((1.0 - factor) * moving_mean + factor * mean,
+                                (1.0 - factor) * moving_variance
+                                + factor * variance * count / tf.maximum(count - 1.0, 1.0))  # fmt: skip
         outputs = tf.nn.batch_normalization(x, mean, variance, offset, scale, self.epsilon)
         return tf.cast(outputs, self.compute_dtype)
 
@@ -201,14 +222,15 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
         return self.activation(outputs) if self.activation is not None else outputs
 
 
-def batch_norm(name: str, statistics_sets: int = 1) -> keras.layers.BatchNormalization:
-    """BatchNorm as in the pix2pix reference (PyTorch's momentum 0.1, eps 1e-5), fused.
+def batch_norm(name: str, sides: tuple[int, ...] = ()) -> keras.layers.BatchNormalization:
+    """BatchNorm as in the pix2pix reference (PyTorch's momentum 0.1, eps 1e-5), fused; with
+    one set of moving statistics per image side of `sides` (see SizeStatisticsNetwork).
 
     Keras' default momentum 0.99 lets the moving statistics lag a GAN's fast-moving weights
     by hundreds of steps: on a 32 px run, inference-mode validation L1 was twice the
     training-mode L1 until the statistics were recalibrated.
     """
-    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name, statistics_sets=statistics_sets)
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name, statistics_sets=max(len(sides), 1))
 
 
 def batch_norms(network: keras.Model) -> list[FusedBatchNormalization]:
@@ -223,6 +245,68 @@ def copy_first_statistics(network: keras.Model) -> None:
         for index in range(1, layer.statistics_sets):
             for target, source in zip(layer.statistics(index), layer.statistics(0)):
                 target.assign(source)
+
+
+class SizeStatisticsNetwork(keras.Model):
+    """keras.Model(inputs, outputs) whose batch norms (made by `batch_norm(name, sides)`) keep
+    one set of moving statistics per side of `sides`: a call normalises with, and when
+    training updates, the set of the side nearest in area to its first input [B, H, W, C]
+    (in log area: 40 px goes with 32 rather than 64). With fewer than two sides it is the
+    plain network.
+
+    The set's index is computed in the graph from the input's shape, so one traced call (the
+    training step, the export's signatures) serves every size, and every caller of the
+    network (validation, make evaluate, the export) gets the same choice. Not a
+    tf.switch_case of the network per set: tf.distribute refuses the synchronized batch
+    norms' all-reduce inside one (--strategy=mirrored), and a persistent GradientTape could
+    not differentiate iizuka's resizes (a tf.cond each) inside one. The variables, and so the
+    checkpoints, are those of keras.Model(inputs, outputs).
+    """
+
+    def __init__(self, inputs, outputs, sides: tuple[int, ...] = (), name: str | None = None) -> None:
+        super().__init__(inputs, outputs, name=name)
+        self.sides = tuple(sides)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        norms = batch_norms(self) if len(self.sides) > 1 else []
+        if norms:
+            shape = tf.shape(tf.nest.flatten(inputs)[0])
+            log_area = tf.math.log(tf.cast(shape[1] * shape[2], tf.float32))
+            log_areas = tf.math.log(tf.constant([float(side * side) for side in self.sides]))
+            nearest = tf.argmin(tf.abs(log_areas - log_area), output_type=tf.int32)
+            for layer in norms:
+                layer.statistics_set = nearest  # read by the layers' calls below
+        try:
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        finally:
+            for layer in norms:
+                layer.statistics_set = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticsSides:
+    """The setting of a model whose networks keep batch-norm statistics per image size, for
+    its config dataclass to inherit (first among its bases: these checks then run the next
+    base's, e.g. UNetConfig's)."""
+
+    # Image sides, comma-separated (e.g. 64,32), that keep batch-norm statistics of their own:
+    # a photo is normalised with those of the side nearest its working size. Training with
+    # --scales sets it to the scales' sides; empty: one set for every size.
+    statistics_sides: str = ""
+
+    def __post_init__(self) -> None:
+        self.sides  # noqa: B018 (checks --statistics_sides)
+        following = getattr(super(), "__post_init__", None)
+        if following is not None:
+            following()
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """--statistics_sides as numbers; () without it."""
+        sides = comma_separated("statistics_sides", self.statistics_sides, int, "image sides, e.g. 64,32")
+        check(all(side >= 8 for side in sides) and len(set(sides)) == len(sides),
+              f"--statistics_sides={self.statistics_sides}: distinct sides of at least 8 px")  # fmt: skip
+        return sides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,10 +352,13 @@ def unet_generator(config: UNetConfig, name: str = "generator", channels: tuple[
 
     `channels` (in, out) = (3, 1) is cyclegan's to_gray: Lab [B, H, W, 3] -> fake_gray [B, H, W, 1].
     H and W must be multiples of `config.stride`. Under a mixed-precision policy every
-    layer computes in 16 bits except the tanh, so the output stays float32.
+    layer computes in 16 bits except the tanh, so the output stays float32. With the
+    config's `sides` (cgan's and regression's --statistics_sides) the batch norms keep
+    statistics per size; cyclegan's config has none: its generators keep one set.
     """
     init = keras.initializers.RandomNormal(stddev=INITIALIZER_STDDEV)
     widths = config.widths()
+    sides = getattr(config, "sides", ())
     inputs = keras.Input([None, None, channels[0]], name="gray" if channels[0] == 1 else "color")  # [B, H, W, in]
 
     x = inputs
@@ -283,7 +370,7 @@ def unet_generator(config: UNetConfig, name: str = "generator", channels: tuple[
         # No norm on the outermost block (pix2pix) nor the innermost: at 1x1 with batch 1,
         # BatchNorm would map every input to beta and cut the bottleneck off.
         if 0 < i < config.depth - 1:
-            x = batch_norm(f"down{i + 1}_norm")(x)
+            x = batch_norm(f"down{i + 1}_norm", sides)(x)
         x = keras.layers.LeakyReLU(0.2, name=f"down{i + 1}_act")(x)
         skips.append(x)
 
@@ -293,7 +380,7 @@ def unet_generator(config: UNetConfig, name: str = "generator", channels: tuple[
         # [B, H / 2**level, W / 2**level, width]
         x = Conv2DTranspose(width, config.kernel_size, strides=2, padding="same", use_bias=False,
                                          kernel_initializer=init, name=f"up{level}_conv")(x)  # fmt: skip
-        x = batch_norm(f"up{level}_norm")(x)
+        x = batch_norm(f"up{level}_norm", sides)(x)
         if j < config.dropout_blocks:
             # pix2pix's only source of noise: the generator ignores an input z.
             x = keras.layers.Dropout(config.dropout, name=f"up{level}_dropout")(x)
@@ -304,4 +391,4 @@ def unet_generator(config: UNetConfig, name: str = "generator", channels: tuple[
     x = Conv2DTranspose(channels[1], config.kernel_size, strides=2, padding="same",
                                      kernel_initializer=init, name="out_conv")(x)  # fmt: skip
     outputs = keras.layers.Activation("tanh", dtype="float32", name="fake_color" if channels[1] == 2 else "fake_gray")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return SizeStatisticsNetwork(inputs, outputs, sides, name=name)

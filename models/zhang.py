@@ -27,12 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 from models import unet
-from models.config import ConfigError, check
+from models.config import check
 from preprocess import color
 
 
 @dataclasses.dataclass(frozen=True)
-class ZhangConfig:
+class ZhangConfig(unet.StatisticsSides):
     """Network, classification loss and decoding; the defaults are the paper's (32 M weights)."""
 
     base_width: int = 64  # blocks 1-8 have 1, 2, 4, 8, 8, 8, 8, 4 times this many channels
@@ -47,10 +47,6 @@ class ZhangConfig:
     # (lambda 0.5, as the paper trains) to this power: 0 as trained; 1 as if trained with
     # rebalancing. Lifts rare, saturated colours where the network finds them plausible.
     decode_rebalance: float = 0.0
-    # Image sides, comma-separated (e.g. 64,32), that keep batch-norm statistics of their own:
-    # a photo is normalised with those of the side nearest its working size. Training with
-    # --scales sets it to the scales' sides; empty: one set for every size.
-    statistics_sides: str = ""
 
     def __post_init__(self) -> None:
         check(self.base_width >= 1, f"--base_width={self.base_width}: must be at least 1")
@@ -62,21 +58,7 @@ class ZhangConfig:
         check(self.prior_sigma >= 0.0, f"--prior_sigma={self.prior_sigma}: must be >= 0")
         check(self.temperature > 0.0, f"--temperature={self.temperature}: must be > 0")
         check(self.decode_rebalance >= 0.0, f"--decode_rebalance={self.decode_rebalance}: must be >= 0")
-        self.sides  # noqa: B018 (checks --statistics_sides)
-
-    @property
-    def sides(self) -> tuple[int, ...]:
-        """--statistics_sides as numbers; () without it."""
-        if not self.statistics_sides:
-            return ()
-        try:
-            sides = tuple(int(part) for part in self.statistics_sides.split(","))
-        except ValueError:
-            raise ConfigError(f"--statistics_sides={self.statistics_sides}: expected comma-separated "
-                              f"image sides, e.g. 64,32") from None  # fmt: skip
-        check(all(side >= 8 for side in sides) and len(set(sides)) == len(sides),
-              f"--statistics_sides={self.statistics_sides}: distinct sides of at least 8 px")  # fmt: skip
-        return sides
+        super().__post_init__()
 
     @property
     def stride(self) -> int:
@@ -111,7 +93,7 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
             strides = 2 if block <= 3 and i == convolutions else 1
             x = keras.layers.Conv2D(multiple * b, 3, strides=strides, padding="same", dilation_rate=dilation,
                                     activation="relu", name=f"conv{block}_{i}")(x)  # fmt: skip
-        x = unet.batch_norm(f"conv{block}_norm", max(len(config.sides), 1))(x)
+        x = unet.batch_norm(f"conv{block}_norm", config.sides)(x)
 
     # Block 8: three layers of 4 b channels; the first log2(8 / output_stride) upsample by 2.
     upsamplings = int(math.log2(8 // config.output_stride))
@@ -123,7 +105,7 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
             x = keras.layers.Conv2D(4 * b, 3, padding="same", activation="relu", name=f"conv8_{i}")(x)
     x = keras.layers.Conv2D(bins, 1, name="conv8_bins")(x)  # [B, H / output_stride, W / output_stride, Q]
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
-    return keras.Model(gray, logits, name=name)
+    return unet.SizeStatisticsNetwork(gray, logits, config.sides, name=name)
 
 
 def decode(logits: tf.Tensor, temperature: tf.Tensor | float, log_weights: tf.Tensor | None = None) -> tf.Tensor:
@@ -156,10 +138,9 @@ class ZhangGenerator(keras.Model):
     """
 
     def __init__(self, network: keras.Model, temperature: float, decode_rebalance: float = 0.0,
-                 sides: tuple[int, ...] = (), name: str = "generator") -> None:  # fmt: skip
+                 name: str = "generator") -> None:  # fmt: skip
         super().__init__(name=name, dtype="float32")  # decoding in float32 under any policy
         self.network = network
-        self.sides = sides
         self.temperature = temperature
         self.decode_rebalance = decode_rebalance
         self.log_rebalance = self.add_weight(shape=[len(color.ab_bins())], initializer="zeros", trainable=False,
@@ -173,28 +154,9 @@ class ZhangGenerator(keras.Model):
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")  # [B, H, W, 2]
 
     def logits(self, gray: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """The network's logits [B, h, w, Q] for gray [B, H, W, 1]: with `sides`, normalised by
-        (and, training, updating) the batch-norm statistics of the side nearest in area."""
-        if len(self.sides) < 2:
-            return self.network(gray, training=training)
-        norms = unet.batch_norms(self.network)
-        area = tf.cast(tf.shape(gray)[1] * tf.shape(gray)[2], tf.float32)
-        areas = tf.constant([float(side * side) for side in self.sides])
-        nearest = tf.cast(tf.argmin(tf.abs(tf.math.log(areas) - tf.math.log(area))), tf.int32)
-
-        def with_statistics(index: int):
-            def branch() -> tf.Tensor:
-                for layer in norms:
-                    layer.statistics_set = index  # read as the branch is traced
-                try:
-                    return self.network(gray, training=training)
-                finally:
-                    for layer in norms:
-                        layer.statistics_set = 0
-
-            return branch
-
-        return tf.switch_case(nearest, [with_statistics(index) for index in range(len(self.sides))])
+        """The network's logits [B, h, w, Q] for gray [B, H, W, 1] (normalised with the batch-norm
+        statistics of the side nearest its size: unet.SizeStatisticsNetwork)."""
+        return self.network(gray, training=training)
 
     def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor) -> tf.Tensor:
         """One photo's gray [1, H, W, 1] decoded D ways from one pass of the network: at
@@ -208,8 +170,7 @@ class ZhangGenerator(keras.Model):
 
 def build(config: ZhangConfig) -> dict[str, keras.Model]:
     """{"generator": gray -> fake_color, with `.network`: gray -> logits}."""
-    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance,
-                                        config.sides)}  # fmt: skip
+    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from export import savedmodel, serving
 from export.client import ServingClient, ServingError
 from export.images import load_photo
 from export.inference import INFO_FILE, Colorizer
-from models import unet
 from models.config import ConfigError
 from preprocess import color
 from tests.helpers import WORKING_SIZE, FakeServing, TrainSettings, encode, make_run, photo, tiny_generator
@@ -282,26 +281,6 @@ def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
     assert np.abs(rebalanced.colorize(rgb).astype(int) - colorizer.colorize(rgb)).max() > 3
     with pytest.raises(SystemExit, match="2"):
         export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'x'}", "--decode_rebalance=-1"])
-
-
-def test_the_export_normalises_each_photo_with_the_statistics_of_its_size(tmp_path):
-    config = models.get("zhang").config(base_width=2, statistics_sides="16,8")  # trained at 16 and 8 px
-    networks = models.build("zhang", config)
-    models.write_run_config(tmp_path / "run", "zhang", config, TrainSettings(crop_size=16))
-    bins = networks["generator"].network.get_layer("conv8_bins").kernel
-    bins.assign(bins * 50.0)  # so that the features, not a near-uniform distribution, decide the colour
-    for norm in (networks["generator"].network.get_layer(f"conv{block}_norm") for block in range(1, 8)):
-        mean, variance = norm.statistics(1)
-        mean.assign(mean + 1.0)
-        variance.assign(variance * 0.1)
-    for _ in range(2):  # the 8 px set changed, then back to the 16 px set's values
-        tf.train.Checkpoint(**networks).save(str(tmp_path / "run" / "best" / "ckpt"))
-        assert export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'exports'}"]) == 0
-        unet.copy_first_statistics(networks["generator"].network)
-    changed, same = (Colorizer(tmp_path / "exports" / "zhang", version=version) for version in (1, 2))
-    large, small = photo(16, 16), photo(8, 8)
-    np.testing.assert_array_equal(changed.colorize(large), same.colorize(large))
-    assert np.abs(changed.colorize(small).astype(int) - same.colorize(small)).max() > 3
 
 
 # ---------------------------------------------------------------------------------------

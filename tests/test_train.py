@@ -486,11 +486,11 @@ def test_bad_scales_and_init_from_exit_2_with_one_line(extra, message, tiny_shar
     assert error.count("\n") == 1 and message in error
 
 
-def test_a_multiscale_run_trains_at_both_sizes_and_resumes_exactly(tiny_shards, tmp_path, capsys):
+def test_a_multiscale_run_trains_at_both_sizes_and_resumes_exactly(tiny_shards, tmp_path):
     common = ["--scales=1,0.5", "--steps=6", "--eval_every=3", "--log_every=1", "--checkpoint_every=2"]
     stopped, unbroken = tmp_path / "stopped", tmp_path / "unbroken"
     assert main(_regression(tiny_shards, stopped, *common, "--steps=3")) == 0
-    assert "--model=regression's batch norms keep one set of statistics" in capsys.readouterr().err
+    assert models.read_run_config(stopped).model_config.sides == (32, 16)  # a batch-norm statistics set per size
     assert main(["--model=regression", f"--run={stopped}", "--steps=6"]) == 0
     assert main(_regression(tiny_shards, unbroken, *common)) == 0
     resumed, reference = (_checkpoint_values(str(run / "ckpt" / "ckpt-6")) for run in (stopped, unbroken))
@@ -529,6 +529,9 @@ def test_init_from_continues_the_source_runs_model_settings_unless_given(tiny_sh
     assert resolve([*bare, f"--run={tmp_path / 'a'}"]).model_config == trained
     given = resolve([*bare, f"--run={tmp_path / 'b'}", "--reconstruction=l1"]).model_config
     assert given == dataclasses.replace(trained, reconstruction="l1")
+    # a statistics set per size: the checkpoint's one starts each (models.start_missing_statistics)
+    scaled = resolve([*bare, f"--run={tmp_path / 'c'}", "--scales=1,0.5"]).model_config
+    assert scaled == dataclasses.replace(trained, statistics_sides="32,16")
 
 
 def test_init_from_refuses_another_model_or_other_shapes(tiny_shards, tmp_path, capsys):

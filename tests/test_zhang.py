@@ -163,58 +163,6 @@ def test_the_generator_decodes_the_network_at_any_temperature():
         assert not np.allclose(hot, fake_color, atol=1e-4)
 
 
-def test_each_side_keeps_its_own_batch_norm_statistics(tmp_path):
-    generator = models.build("zhang", ZhangConfig(base_width=2, statistics_sides="64,32"))["generator"]
-    norms = [generator.network.get_layer(f"conv{block}_norm") for block in range(1, 8)]
-    small, large = (tf.random.uniform([2, side, side, 1], -1.0, 1.0, seed=side) for side in (32, 64))
-
-    def sets() -> list[np.ndarray]:
-        return [np.concatenate([v.numpy() for norm in norms for v in norm.statistics(i)]) for i in (0, 1)]
-
-    before = sets()
-    tf.function(lambda gray: generator.logits(gray, training=True))(small)  # traced: both branches built
-    after_small = sets()
-    np.testing.assert_array_equal(after_small[0], before[0])  # a 32 px batch updates the 32 px set only
-    assert not np.allclose(after_small[1], before[1])
-    generator.logits(large, training=True)  # eagerly: the 64 px set only
-    np.testing.assert_array_equal(sets()[1], after_small[1])
-    assert not np.allclose(sets()[0], after_small[0])
-
-    # inference normalises with the set of the nearest side: a change to the 32 px set moves
-    # 32 px (and 40 px) photos, never 64 px (or 56 px) ones
-    photos = {side: tf.random.stateless_uniform([1, side, side, 1], [side, 0], -1.0, 1.0) for side in (32, 40, 56, 64)}
-    outputs = {side: generator.logits(gray).numpy() for side, gray in photos.items()}
-    for norm in norms:
-        norm.statistics(1)[0].assign(norm.statistics(1)[0] + 0.5)
-    for side, gray in photos.items():
-        assert np.allclose(generator.logits(gray), outputs[side]) == (side > 40), side
-
-    # a checkpoint of a network with one set (a fine-tune's source) restores into both
-    single = models.build("zhang", ZhangConfig(base_width=2))
-    single["generator"].logits(large, training=True)
-    path = tf.train.Checkpoint(**single).save(str(tmp_path / "single" / "ckpt"))
-    status = tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-    models.start_missing_statistics({"generator": generator}, models.assert_restored(status, path, {"generator": generator}))
-    source = single["generator"].network.get_layer("conv3_norm").statistics(0)
-    for index in (0, 1):
-        for restored, expected in zip(generator.network.get_layer("conv3_norm").statistics(index), source):
-            np.testing.assert_array_equal(restored.numpy(), expected.numpy())
-    with pytest.raises(ConfigError, match="statistics_sides"):
-        ZhangConfig(statistics_sides="64,x")
-
-
-def test_training_at_two_scales_sets_the_statistics_sides(shards_with_prior, tmp_path):
-    run = tmp_path / "run"
-    argv = ["--model=zhang", f"--data={shards_with_prior}", f"--run={run}", "--base_width=2", "--batch_size=4",
-            "--steps=2", "--val_batches=1", "--scales=1,0.5"]  # fmt: skip
-    assert main(argv) == 0
-    saved = models.read_run_config(run)
-    assert saved.model_config.sides == (saved.data["tile_size"], saved.data["tile_size"] // 2)
-    generator = models.build_from_run(run, checkpoint="latest")["generator"]
-    norm = generator.network.get_layer("conv1_norm")
-    assert not np.array_equal(norm.statistics(0)[0].numpy(), norm.statistics(1)[0].numpy())  # each scale its own
-
-
 def test_presets_build_the_paper_network_at_256_and_a_small_one_at_32():
     paper = zhang.logits_network(ZhangConfig(**zhang.PRESETS[256]))
     assert 32.0e6 < paper.count_params() < 32.5e6  # the paper's net with Q bins out

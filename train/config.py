@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import models
-from models.config import ConfigError, check, field_types, from_dict, override
+from models.config import ConfigError, check, comma_separated, field_types, from_dict, override
 from preprocess.dataset import GrayOnly, Shards
 
 
@@ -84,12 +84,7 @@ class TrainConfig:
     @property
     def scale_factors(self) -> tuple[float, ...]:
         """--scales as numbers; () without it."""
-        if not self.scales:
-            return ()
-        try:
-            factors = tuple(float(part) for part in self.scales.split(","))
-        except ValueError:
-            raise ConfigError(f"--scales={self.scales}: expected comma-separated numbers, e.g. 1,0.5") from None
+        factors = comma_separated("scales", self.scales, float, "numbers, e.g. 1,0.5")
         check(all(0.0 < factor <= 1.0 for factor in factors), f"--scales={self.scales}: each must be in (0, 1]")
         return factors
 
@@ -282,8 +277,8 @@ def resolve(argv: list[str]) -> Settings:
                           f"half of {train.data}'s): use one")  # fmt: skip
     if train.scales and "statistics_sides" not in model_types:
         print(f"--scales: --model={name}'s batch norms keep one set of statistics, mixed from every size, which "
-              f"fits none exactly (zhang keeps one per size; BENCHMARKS.md, \"Batch-norm statistics per size\")",
-              file=sys.stderr)  # fmt: skip
+              f"fits none exactly (the other models keep one per size; BENCHMARKS.md, \"Batch-norm statistics "
+              f"per size\")", file=sys.stderr)  # fmt: skip
     return Settings(name, model_config, train, preset_size, resumed, shards, per_epoch, gray_shards)
 
 
