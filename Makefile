@@ -95,6 +95,8 @@ PRETRAINED_RUN ?= runs/pretrained
 PRETRAINED_WIDTH ?= 32
 PRETRAINED_STEPS ?= 45000
 PRETRAINED_SCALED_STEPS ?= 16000
+# 1,0.5: the first stage already trains at 64 and 32 px in turn (BENCHMARKS.md, "A 40-minute recipe")
+PRETRAINED_SCALES ?=
 PRETRAINED_TEMPERATURE ?= 0.38
 PRETRAINED_REBALANCE ?= 0.5
 PRETRAINED_VERSION ?= 2
@@ -116,7 +118,7 @@ classifier: $(READY)
 pretrained: $(READY)
 	$(PY) -m preprocess --source='imagefolder:$(TINY)' --size=64 --mode=resize --val-fraction=0.1 --out=data/tiny64
 	$(PY) -m train --model=zhang --data=data/tiny64 --run='$(PRETRAINED_RUN)' --steps=$(PRETRAINED_STEPS) \
-		--base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
+		$(if $(PRETRAINED_SCALES),--scales=$(PRETRAINED_SCALES)) --base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
 		--lr_schedule=linear --eval_every=1000 --checkpoint_every=1000 --sample_every=2000 --log_every=200 \
 		--keep_checkpoints=30
 	$(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),,$(PY) -m train --model=zhang --data=data/tiny64 \

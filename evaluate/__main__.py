@@ -113,47 +113,68 @@ def steps_per_epoch(saved: models.SavedRun) -> int:
         return 0
 
 
+# Pixels of the images one call of a model colorizes (photos, times a sweep's decodings), each
+# counted at least at the working size: the network's temporaries grow with them.
+CALL_PIXELS = 1 << 21
+
+
+def in_calls(colorize: Model, size: int, copies: int = 1, max_pixels: int = CALL_PIXELS) -> Model:
+    """`colorize` of photos [N, H, W, 3] -> [N, ...], over as few photos per call as keep each
+    call's `copies` x N images of at least size x size pixels within `max_pixels`."""
+
+    def colorize_all(rgb: np.ndarray) -> np.ndarray:
+        step = max(1, max_pixels // (copies * max(rgb[0, ..., 0].size, size * size)))
+        return np.concatenate([colorize(rgb[start:start + step]) for start in range(0, len(rgb), step)])
+
+    return colorize_all
+
+
 def _colorizer(generator, size: int, stride: int) -> Model:
     # One trace per photo shape; CIFAR-style tiles all share one.
     run = tf.function(lambda pixels: colorize_pixels(generator, pixels, size, stride), reduce_retracing=True)
-    return lambda rgb: run(tf.constant(rgb[None]))[0].numpy()
+    return in_calls(lambda rgb: run(tf.constant(rgb)).numpy(), size)
 
 
 class DecodingSweep:
     """A zhang generator at D decodings, (temperature, decode_rebalance) each, as D models that
     share one pass of its network per photo.
 
-    `evaluate` gives every model the same photo in turn: the first of these models to see a
-    photo colorizes it all D ways at once (the network once, then D decodings, each upsampled
+    `evaluate` gives every model the same photos in turn: the first of these models to see
+    them colorizes them all D ways at once (the network once, then D decodings, each upsampled
     as `colorize` does), the others take their copy. A sweep of 21 decodings costs about
     what one model does instead of 21.
     """
 
-    def __init__(self, generator, size: int, stride: int, decodings: list[tuple[float, float]]) -> None:
+    def __init__(self, generator, size: int, stride: int, decodings: list[tuple[float, float]],
+                 max_pixels: int = CALL_PIXELS) -> None:  # fmt: skip
         temperatures = tf.constant([t for t, _ in decodings], tf.float32)
         rebalances = tf.constant([r for _, r in decodings], tf.float32)
+        count = len(decodings)
 
         def every_decoding(inputs, training=False):
-            gray, temperature = inputs  # D copies of one photo
-            return generator.decode_each(gray[:1], temperature, rebalances)
+            gray, _ = inputs  # each photo D times in a row
+            return generator.decode_each(gray[::count], temperatures, rebalances)
 
         def colorize(pixels):
-            return colorize_pixels(every_decoding, tf.repeat(pixels, len(decodings), axis=0), size, stride,
-                                   temperatures)  # fmt: skip
+            photos = tf.shape(pixels)[0]
+            colorized = colorize_pixels(every_decoding, tf.repeat(pixels, count, axis=0), size, stride,
+                                        tf.tile(temperatures, [photos]))  # fmt: skip
+            return tf.reshape(colorized, tf.concat([[photos, count], tf.shape(pixels)[1:]], 0))
 
-        self._run = tf.function(colorize, reduce_retracing=True)
-        self._photo: np.ndarray | None = None
+        run = tf.function(colorize, reduce_retracing=True)
+        self._colorize_all = in_calls(lambda rgb: run(tf.constant(rgb)).numpy(), size, count, max_pixels)
+        self._photos: np.ndarray | None = None
         self._colorized: np.ndarray | None = None
 
     def model(self, index: int) -> Model:
         """The colorizer at decodings[index]."""
 
         def colorize(rgb: np.ndarray) -> np.ndarray:
-            # Compared by content, not identity: a caller may refill one buffer with the next photo.
-            if self._photo is None or self._photo.shape != rgb.shape or not np.array_equal(self._photo, rgb):
-                self._colorized = self._run(tf.constant(rgb[None])).numpy()
-                self._photo = np.array(rgb)
-            return self._colorized[index]
+            # Compared by content, not identity: a caller may refill one buffer with the next photos.
+            if self._photos is None or self._photos.shape != rgb.shape or not np.array_equal(self._photos, rgb):
+                self._colorized = self._colorize_all(rgb)
+                self._photos = np.array(rgb)
+            return self._colorized[:, index]
 
         return colorize
 
@@ -216,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs.update(found_epochs)
         for export in args.export:
             colorizer = Colorizer(export)
-            evaluated[colorizer.label] = colorizer.colorize
+            evaluated[colorizer.label] = in_calls(colorizer.colorize_batch, colorizer.info["working_size"])
         shards = dataset.Shards(args.data) if (args.data / dataset.MANIFEST).exists() else None
         if shards is not None:
             shards.require_color("evaluate on colour shards or a folder of colour photos: the scores need the true colour")

@@ -130,10 +130,18 @@ class Truth:
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected a uint8 RGB truth [H, W, 3], got {rgb.dtype} {rgb.shape}")
-        lab = color.rgb_to_lab(rgb).numpy().astype(np.float64)
+        return cls.of_batch(rgb[None], bin_weights)[0]
+
+    @classmethod
+    def of_batch(cls, rgb: np.ndarray, bin_weights: np.ndarray | None = None) -> list[Truth]:
+        """As `of`, for photos of one size [N, H, W, 3]: one Lab conversion for them all."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB truths [N, H, W, 3], got {rgb.dtype} {rgb.shape}")
+        labs = color.rgb_to_lab(rgb).numpy().astype(np.float64)
         # weighted by the rarity of the TRUE colour, so a model cannot earn weight by its output
-        weights = None if bin_weights is None else bin_weights[color.nearest_bin(lab[..., 1:]).numpy()]
-        return cls(rgb, lab, color.colorfulness(rgb), weights)
+        weights = [None] * len(rgb) if bin_weights is None else bin_weights[color.nearest_bin(labs[..., 1:]).numpy()]
+        return [cls(photo, lab, color.colorfulness(photo), weight) for photo, lab, weight in zip(rgb, labs, weights)]
 
 
 def score_image(truth: np.ndarray | Truth, output: np.ndarray, prior: np.ndarray | None = None) -> dict[str, float]:
@@ -144,11 +152,22 @@ def score_image(truth: np.ndarray | Truth, output: np.ndarray, prior: np.ndarray
     """
     if not isinstance(truth, Truth):
         truth = Truth.of(truth, None if prior is None else rebalancing_weights(prior))
-    output = np.asarray(output)
-    if truth.rgb.shape != output.shape or output.dtype != np.uint8:
-        raise ValueError(f"expected two uint8 RGB images [H, W, 3] of one shape, got {truth.rgb.dtype} "
-                         f"{truth.rgb.shape} and {output.dtype} {output.shape}")  # fmt: skip
-    lab_out = color.rgb_to_lab(output).numpy().astype(np.float64)
+    return score_batch([truth], np.asarray(output)[None])[0]
+
+
+def score_batch(truths: list[Truth], outputs: np.ndarray) -> list[dict[str, float]]:
+    """`score_image` of each of N outputs [N, H, W, 3] against its truth, photos of one size:
+    one Lab conversion for them all (TensorFlow's per-call cost outweighs a small photo's work)."""
+    outputs = np.asarray(outputs)
+    shape = (len(truths), *truths[0].rgb.shape) if truths else (0,)
+    if outputs.shape != shape or outputs.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB images of the truth's shape, one per truth: {shape}, got "
+                         f"{outputs.dtype} {outputs.shape}")  # fmt: skip
+    labs_out = color.rgb_to_lab(outputs).numpy().astype(np.float64)
+    return [_scores(truth, output, lab_out) for truth, output, lab_out in zip(truths, outputs, labs_out)]
+
+
+def _scores(truth: Truth, output: np.ndarray, lab_out: np.ndarray) -> dict[str, float]:
     ab_error = lab_out[..., 1:] - truth.lab[..., 1:]
     colorfulness = color.colorfulness(output)
     scores = {

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import keras
@@ -35,8 +35,29 @@ LABELS = {**metrics.LABELS, SEMANTIC: "classifier acc."}
 # the same in every row, so it is stated once under the table instead
 TRUTH_ONLY = "colorfulness_truth"
 
-# A model: uint8 RGB photo [H, W, 3] (only its L may be used) -> uint8 RGB colorization [H, W, 3].
+# A model: uint8 RGB photos of one size [N, H, W, 3] (only their L may be used) -> uint8 RGB
+# colorizations [N, H, W, 3].
 Model = Callable[[np.ndarray], np.ndarray]
+
+# Consecutive photos of one size are colorized and scored together, up to this many pixels:
+# a call per photo left a core idle and cost more than a small photo's work (BENCHMARKS.md).
+BATCH_PIXELS = 1 << 18
+
+
+def same_size_batches(images: Iterable[tuple[str, np.ndarray, int]],
+                      max_pixels: int = BATCH_PIXELS) -> Iterator[list[tuple[str, np.ndarray, int]]]:  # fmt: skip
+    """`images` in order, in runs of consecutive photos of one shape and dtype, each run at most
+    `max_pixels` in all (but never less than one photo)."""
+    batch: list[tuple[str, np.ndarray, int]] = []
+    for name, photo, label in images:
+        photo = np.asarray(photo)
+        if batch and (photo.shape != batch[0][1].shape or photo.dtype != batch[0][1].dtype
+                      or (len(batch) + 1) * photo[..., 0].size > max_pixels):  # fmt: skip
+            yield batch
+            batch = []
+        batch.append((name, photo, label))
+    if batch:
+        yield batch
 
 
 def evaluate(
@@ -47,10 +68,12 @@ def evaluate(
     classifier: keras.Model | None = None,
     grid_count: int = 8,
     epochs: dict[str, float] | None = None,
+    batch_pixels: int = BATCH_PIXELS,
 ) -> dict:
     """Scores the baseline and `models` on `images` and writes the report; returns metrics.json's content.
 
-    images: (name, uint8 RGB truth [H, W, 3], label or -1) at any sizes; each is read once.
+    images: (name, uint8 RGB truth [H, W, 3], label or -1) at any sizes; each is read once,
+        and consecutive ones of one size go to the models together (`same_size_batches`).
     prior: ab-bin counts [Q] of the training data (a manifest's "ab_prior" counts), for the
         rebalanced AuC; without it that column is left out.
     classifier: adds the semantic-interpretability column, computed on the labelled images of
@@ -69,24 +92,26 @@ def evaluate(
     labelled_rows: list[list[np.ndarray]] = []  # the same per photo the classifier can label
     labels: list[int] = []
     bin_weights = None if prior is None else metrics.rebalancing_weights(prior)
-    for name, truth, label in images:
-        truth = np.asarray(truth)
+    for batch in same_size_batches(images, batch_pixels):
+        batch_names = [name for name, _, _ in batch]
+        truths = np.stack([truth for _, truth, _ in batch])
         try:
-            truth_scored = metrics.Truth.of(truth, bin_weights)
+            truths_scored = metrics.Truth.of_batch(truths, bin_weights)
         except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-        outputs = [np.asarray(model(truth)) for model in models.values()]
+            raise ValueError(f"{_listed(batch_names)}: {error}") from None
+        outputs = [np.asarray(model(truths)) for model in models.values()]
         for model_name, output in zip(models, outputs):
             try:
-                scores[model_name].append(metrics.score_image(truth_scored, output))
+                scores[model_name].extend(metrics.score_batch(truths_scored, output))
             except ValueError as error:
-                raise ValueError(f"{model_name} on {name}: {error}") from None
-        if len(names) < grid_count:
-            grid_rows.append([*outputs, truth])
-        if classifier is not None and label >= 0 and truth.shape == tuple(classifier.input_shape[1:]):
-            labelled_rows.append([*outputs, truth])
-            labels.append(label)
-        names.append(name)
+                raise ValueError(f"{model_name} on {_listed(batch_names)}: {error}") from None
+        for index, (_, truth, label) in enumerate(batch):
+            if len(names) + index < grid_count:
+                grid_rows.append([*(output[index] for output in outputs), truth])
+            if classifier is not None and label >= 0 and truth.shape == tuple(classifier.input_shape[1:]):
+                labelled_rows.append([*(output[index] for output in outputs), truth])
+                labels.append(label)
+        names.extend(batch_names)
     if not names:
         raise ValueError("no images to evaluate")
 
@@ -115,6 +140,10 @@ def evaluate(
         by_epoch = {epochs[name]: results["models"][name]["mean"] for name in epochs}
         plot_by_epoch(by_epoch, out_dir / "metrics_by_epoch.png", baseline=results["models"][BASELINE]["mean"])
     return results
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} (one of {len(names)} photos)"
 
 
 def markdown(results: dict) -> str:

@@ -159,12 +159,15 @@ class ZhangGenerator(keras.Model):
         return self.network(gray, training=training)
 
     def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor) -> tf.Tensor:
-        """One photo's gray [1, H, W, 1] decoded D ways from one pass of the network: at
-        temperatures [D] and decode_rebalance values [D] -> color [D, H, W, 2], each exactly what
-        `call` gives at those settings (what a sweep of decodings needs: the network's cost once)."""
+        """N photos' gray [N, H, W, 1] each decoded D ways from one pass of the network: at
+        temperatures [D] and decode_rebalance values [D] -> color [N * D, H, W, 2], photo n's
+        decodings at n * D .. n * D + D - 1, each exactly what `call` gives at those settings
+        (what a sweep of decodings needs: the network's cost once)."""
         logits = self.logits(gray)
+        photos = tf.shape(gray)[0]
         log_weights = tf.reshape(tf.cast(rebalances, tf.float32), [-1, 1, 1, 1]) * self.log_rebalance
-        fake_color = decode(tf.repeat(logits, tf.size(temperatures), axis=0), temperatures, log_weights)
+        fake_color = decode(tf.repeat(logits, tf.size(temperatures), axis=0), tf.tile(temperatures, [photos]),
+                            tf.tile(log_weights, [photos, 1, 1, 1]))  # fmt: skip
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import tensorflow as tf
 from PIL import Image
 
@@ -53,3 +54,22 @@ def test_bad_settings_exit_2_with_a_message(tmp_path, tiny_shards, capsys):
     run = make_run(tmp_path / "run")
     assert main([f"--run={run}", f"--data={tmp_path / 'missing'}"]) == 2
     assert "neither a shards folder nor a folder of photos" in capsys.readouterr().err
+
+
+def test_models_colorize_in_calls_that_bound_the_working_pixels():
+    from evaluate.__main__ import in_calls
+
+    calls = []
+
+    def recording(rgb):
+        calls.append(len(rgb))
+        return rgb[..., ::-1]
+
+    photos = np.random.default_rng(0).integers(0, 256, [10, 32, 32, 3], dtype=np.uint8)
+    # 32 px photos counted at a 64 px working size, 3 copies each: 2 photos per call
+    colorized = in_calls(recording, size=64, copies=3, max_pixels=2 * 3 * 64 * 64)(photos)
+    assert calls == [2, 2, 2, 2, 2]
+    np.testing.assert_array_equal(colorized, photos[..., ::-1])
+    calls.clear()
+    in_calls(recording, size=16, max_pixels=1)(photos)  # never fewer than one photo a call
+    assert calls == [1] * 10

@@ -162,7 +162,7 @@ def test_grayscale_keeps_lightness_and_has_no_colour():
 
 
 def test_score_image_rejects_mismatched_images():
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(ValueError, match="of the truth.s shape"):
         metrics.score_image(colourful(24, 24), colourful(24, 20))
     with pytest.raises(ValueError, match="uint8"):
         metrics.score_image(colourful(), colourful().astype(np.float32))

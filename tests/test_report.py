@@ -114,7 +114,29 @@ def test_markdown_table_has_a_row_per_model_and_units_in_the_header(evaluated):
 def test_bad_models_are_named_in_the_error(tmp_path):
     with pytest.raises(ValueError, match="grayscale baseline"):
         report.evaluate({"baseline": identity}, photos(), tmp_path)
-    with pytest.raises(ValueError, match="half on tile0.png: .*one shape"):
+    with pytest.raises(ValueError, match="half on tile0.png .. tile1.png .one of 2 photos.: .*truth.s shape"):
         report.evaluate({"half": lambda rgb: rgb[::2]}, photos(), tmp_path)
     with pytest.raises(ValueError, match="not evaluated: swap"):
         report.evaluate({"identity": identity}, photos(), tmp_path, epochs={"swap": 1})
+
+
+def test_photos_of_one_size_go_to_the_models_together_in_order(tmp_path):
+    seen = []
+
+    def recording(rgb):
+        seen.append(rgb.shape)
+        return rgb.copy()
+
+    report.evaluate({"identity": recording}, photos(), tmp_path, grid_count=0, batch_pixels=3 * 32 * 32)
+    # two 32 px tiles, the 48x40 photo alone, then four tiles in runs of at most three
+    assert seen == [(2, 32, 32, 3), (1, 48, 40, 3), (3, 32, 32, 3), (1, 32, 32, 3)]
+    runs = report.same_size_batches(photos(), max_pixels=1)
+    assert [[name for name, _, _ in run] for run in runs] == [[name] for name, _, _ in photos()]
+
+
+def test_scores_do_not_depend_on_how_photos_are_batched(tmp_path):
+    prior = np.arange(1.0, len(color.ab_bins()) + 1)
+    together = report.evaluate({"swap": swap_red_green}, photos(), tmp_path / "a", prior=prior, classifier=red_or_green())
+    alone = report.evaluate({"swap": swap_red_green}, photos(), tmp_path / "b", prior=prior, classifier=red_or_green(),
+                            batch_pixels=1)  # fmt: skip
+    assert together == alone

@@ -298,18 +298,20 @@ def test_a_decoding_sweep_gives_each_decoding_what_the_generator_gives_alone():
     generator.log_rebalance.assign(tf.random.stateless_normal(generator.log_rebalance.shape, [5, 6]))
     decodings = [(0.38, 0.0), (1.0, 0.0), (0.38, 1.0), (0.6, 0.5)]  # (temperature, decode_rebalance)
     sweep = DecodingSweep(generator, 32, TINY.stride, decodings)
-    photos = [np.random.default_rng(seed).integers(0, 256, [40, 56, 3], dtype=np.uint8) for seed in (0, 1)]
-    buffer = np.empty_like(photos[0])  # one array refilled with each photo, as a reader may do
-    for photo in photos:
-        buffer[...] = photo
+    one_photo_per_call = DecodingSweep(generator, 32, TINY.stride, decodings, max_pixels=1)
+    photos = np.stack([np.random.default_rng(seed).integers(0, 256, [40, 56, 3], dtype=np.uint8) for seed in (0, 1)])
+    buffer = np.empty_like(photos)  # one array refilled with the next photos, as a reader may do
+    for batch in (photos, photos[::-1]):
+        buffer[...] = batch
         swept = [sweep.model(index)(buffer) for index in range(len(decodings))]
-        for (temperature, rebalance), colorized in zip(decodings, swept):
+        for index, ((temperature, rebalance), colorized) in enumerate(zip(decodings, swept)):
             generator.decode_rebalance = rebalance
-            alone = colorize_pixels(generator, tf.constant(photo[None]), 32, TINY.stride, tf.constant([temperature]))
-            assert colorized.shape == photo.shape and colorized.dtype == np.uint8
-            assert np.abs(colorized.astype(int) - alone[0].numpy()).max() <= 1
+            alone = colorize_pixels(generator, tf.constant(batch), 32, TINY.stride, tf.constant([temperature] * 2))
+            assert colorized.shape == batch.shape and colorized.dtype == np.uint8
+            assert np.abs(colorized.astype(int) - alone.numpy()).max() <= 1
+            np.testing.assert_array_equal(one_photo_per_call.model(index)(buffer), colorized)
         assert len({colorized.tobytes() for colorized in swept}) == len(decodings)  # each its own decoding
-    assert not np.array_equal(sweep.model(0)(photos[0]), sweep.model(0)(photos[1]))
+    assert not np.array_equal(sweep.model(0)(photos[:1])[0], sweep.model(0)(photos[1:])[0])
 
 
 def test_rebalancing_at_decoding_multiplies_the_distribution_by_the_weights():
