@@ -150,20 +150,15 @@ class ZhangGenerator(keras.Model):
     def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool = False) -> tf.Tensor:
         gray, temperature = inputs if isinstance(inputs, (list, tuple)) else (inputs, self.temperature)
         log_weights = self.decode_rebalance * self.log_rebalance if self.decode_rebalance else None
-        fake_color = decode(self.logits(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
+        fake_color = decode(self.network(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")  # [B, H, W, 2]
-
-    def logits(self, gray: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """The network's logits [B, h, w, Q] for gray [B, H, W, 1] (normalised with the batch-norm
-        statistics of the side nearest its size: unet.SizeStatisticsNetwork)."""
-        return self.network(gray, training=training)
 
     def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor) -> tf.Tensor:
         """N photos' gray [N, H, W, 1] each decoded D ways from one pass of the network: at
         temperatures [D] and decode_rebalance values [D] -> color [N * D, H, W, 2], photo n's
         decodings at n * D .. n * D + D - 1, each exactly what `call` gives at those settings
         (what a sweep of decodings needs: the network's cost once)."""
-        logits = self.logits(gray)
+        logits = self.network(gray)
         photos = tf.shape(gray)[0]
         log_weights = tf.reshape(tf.cast(rebalances, tf.float32), [-1, 1, 1, 1]) * self.log_rebalance
         fake_color = decode(tf.repeat(logits, tf.size(temperatures), axis=0), tf.tile(temperatures, [photos]),

@@ -159,7 +159,7 @@ def zhang_step(config: ZhangConfig, ab_prior: np.ndarray | None = None) -> Step:
         # what --decode_rebalance scales, kept in the generator for evaluation and export
         generator.log_rebalance.assign(log_decode_weights)
         with tf.GradientTape() as tape:
-            logits = generator.logits(batch["gray"], training=True)  # [B, h, w, Q] float32
+            logits = generator.network(batch["gray"], training=True)  # [B, h, w, Q] float32
             targets = zhang.soft_targets(batch["color"], tf.shape(logits)[1:3], config)  # [B, h, w, Q]
             rebalanced, plain = weighted_cross_entropy(logits, targets, weights)
             scaled = optimizer.scale_loss(_replica_share(rebalanced))
