@@ -14,6 +14,7 @@ from preprocess.console import quiet_tensorflow  # noqa: E402
 quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
 from preprocess.images import DEFAULT_MAX_PIXELS  # noqa: E402
+from preprocess.sources import SOURCE_SEPARATOR  # noqa: E402
 from preprocess.tiles import MODES  # noqa: E402
 
 
@@ -21,8 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {"source": "samples", "size": 64, "mode": "center"}
     parser = argparse.ArgumentParser(prog="python -m preprocess", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--source", default=defaults["source"],
-        help="samples | folder:PATH | imagefolder:PATH | cifar10:PATH | tfds:NAME[:SPLIT] (default: samples)")
+    add("--source", action="append",
+        help="samples | folder:PATH | imagefolder:PATH | cifar10:PATH | tfds:NAME[:SPLIT] (default: samples); "
+             "given several times, or joined by ' + ', the sources' photos make one data set")
     add("--out", required=True, help="folder for the shards and manifest.json")
     add("--size", type=int, default=defaults["size"], help="tile side in pixels (default: 64)")
     add("--mode", choices=MODES, default=defaults["mode"], help="how photos become tiles (default: center)")
@@ -52,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tfds-dir", default=None, help="TFDS data folder (default: TFDS's own, ~/tensorflow_datasets)")
     add("--contact-sheet", default=None, metavar="PNG", help="also write a PNG of some tiles (gray | colour)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    args.source = SOURCE_SEPARATOR.join(args.source or [defaults["source"]])
+    return args
 
 
 def _beam_module():

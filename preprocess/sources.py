@@ -12,6 +12,9 @@ SPEC is one of
                             the labels, or their names in PATH/words.txt (Tiny ImageNet's)
     tfds:NAME[:SPLIT]       any TFDS image dataset; downloaded when online (SPLIT: train)
 
+Several sources joined by " + " (or --source given several times) become one data set:
+their photos side by side, each source's labels numbered after the previous ones'.
+
 Planning happens in the main process and only lists things; decoding happens in workers,
 one `Chunk` each. A chunk's `group` says which splits its photos may land in: "trainval"
 photos are hashed into train or val, "test" and "val" photos keep that split.
@@ -26,7 +29,7 @@ import pickle
 import socket
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -66,6 +69,8 @@ class Chunk:
     items: tuple
     group: str  # "trainval", "val" or "test"
     index: int  # this chunk's number within its group (its shards' names: shards.shard_names)
+    # Added to the labels its reader finds: the classes of the sources listed before its own.
+    label_offset: int = 0
 
     @property
     def photos(self) -> int:
@@ -98,8 +103,38 @@ class Record:
 # Planning
 
 
+# Joins several source specs into one (`--source` given several times).
+SOURCE_SEPARATOR = " + "
+
+
 def plan(spec: str, images_per_chunk: int, tfds_dir: str | None = None) -> Plan:
-    """Lists the photos of a source spec and groups them into chunks of `images_per_chunk`."""
+    """Lists the photos of a source spec, or of several joined by SOURCE_SEPARATOR, and groups
+    them into chunks of `images_per_chunk` (a chunk never mixes sources)."""
+    specs = [part.strip() for part in spec.split(SOURCE_SEPARATOR)]
+    if len(specs) == 1:
+        return _plan_one(spec, images_per_chunk, tfds_dir)
+    if "" in specs:
+        raise SourceError(f"source {spec!r}: an empty source in the list (sources are joined by {SOURCE_SEPARATOR!r})")
+    return _joined([_plan_one(part, images_per_chunk, tfds_dir) for part in specs])
+
+
+def _joined(plans: list[Plan]) -> Plan:
+    """One plan of several sources' photos: chunks numbered on within each group, labels
+    offset past the classes of the sources before (a source without labels adds none)."""
+    chunks: list[Chunk] = []
+    names: list[str] = []
+    next_index: dict[str, int] = {}
+    for part in plans:
+        for chunk in part.chunks:
+            index = next_index.get(chunk.group, 0)
+            next_index[chunk.group] = index + 1
+            chunks.append(replace(chunk, index=index, label_offset=len(names)))
+        names += part.label_names or []
+    return Plan(chunks, sum(part.images for part in plans), names or None,
+                [skipped for part in plans for skipped in part.skipped])  # fmt: skip
+
+
+def _plan_one(spec: str, images_per_chunk: int, tfds_dir: str | None) -> Plan:
     kind, _, argument = spec.partition(":")
     planners = {"samples": _plan_samples, "folder": _plan_folder, "imagefolder": _plan_imagefolder,
                 "cifar10": _plan_cifar10, "tfds": _plan_tfds}  # fmt: skip
@@ -367,7 +402,11 @@ def read(chunk: Chunk, max_pixels: int, gray: bool = False) -> Iterator[Record]:
     """The photos of one chunk, in a fixed order, as RGB; unusable ones carry their error.
     `gray`: gray photos are wanted too (DOMAIN=gray), as three equal channels."""
     readers = {"files": _read_files, "cifar_pickle": _read_cifar_pickle, "tfds": _read_tfds}
-    return readers[chunk.reader](chunk.items, max_pixels, gray)
+    records = readers[chunk.reader](chunk.items, max_pixels, gray)
+    if not chunk.label_offset:
+        return records
+    return (record if record.label == NO_LABEL else replace(record, label=record.label + chunk.label_offset)
+            for record in records)  # fmt: skip
 
 
 def _read_files(items: tuple, max_pixels: int, gray: bool) -> Iterator[Record]:

@@ -110,6 +110,17 @@ def test_beam_matches_the_local_writer_on_cifar10_batches_with_gzip(tmp_path):
 
 
 @needs_beam
+def test_beam_matches_the_local_writer_on_several_sources(tmp_path):
+    write_cifar_batches(tmp_path / "cifar-10-batches-py", rows_per_batch=5)
+    root = photo_folder(tmp_path / "photos", 7)
+    options = dict(source=f"cifar10:{tmp_path} + folder:{root} + samples", size=32, mode="resize", images_per_shard=4)
+    local_manifest, _ = make(tmp_path / "local", **options)
+    beam_manifest, _ = make_beam(tmp_path / "beam", **options)
+    assert_same_output(tmp_path / "local", tmp_path / "beam", local_manifest, beam_manifest)
+    assert beam_manifest["source"]["photos"] == 15 + 7 + sources.plan("samples", 100).images
+
+
+@needs_beam
 def test_beam_matches_the_local_writer_on_gray_only_shards(tmp_path):
     root = photo_folder(tmp_path / "photos", 4)
     Image.fromarray(photo(48, 64, seed=7)[..., 0]).save(root / "scan.png")  # a gray original: kept

@@ -297,6 +297,41 @@ def test_imagefolder_val_folder_and_photos_hashed_out_of_train_keep_both(tmp_pat
     assert manifest["splits"]["train"]["images"] + val["images"] == 24
 
 
+def test_several_sources_make_one_data_set_with_labels_numbered_on(tmp_path):
+    write_cifar_batches(tmp_path / "cifar" / "cifar-10-batches-py", rows_per_batch=4)
+    root = tmp_path / "tiny"
+    for wnid in ("n01", "n02"):
+        (root / "train" / wnid).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(photo(32, 32, seed=i + 50)).save(root / "train" / wnid / f"{wnid}_{i}.JPEG", quality=95)
+    (tmp_path / "loose").mkdir()
+    Image.fromarray(photo(32, 32, seed=99)).save(tmp_path / "loose" / "unlabelled.png")
+    out = tmp_path / "out"
+    result = run_cli(f"--source=imagefolder:{root}", f"--source=cifar10:{tmp_path / 'cifar'}",
+                     f"--source=folder:{tmp_path / 'loose'}", "--size=32", "--mode=resize", "--val-fraction=0.3",
+                     "--images-per-shard=3", "--workers=2", f"--out={out}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["label_names"] == ["n01", "n02", *sources.CIFAR10_CLASSES]
+    joined = f"imagefolder:{root} + cifar10:{tmp_path / 'cifar'} + folder:{tmp_path / 'loose'}"
+    assert manifest["options"]["source"] == manifest["source"]["spec"] == joined
+    assert manifest["splits"]["test"]["images"] == 4  # CIFAR-10's test batch keeps its split
+    records = read_split(out, "train") + read_split(out, "val")
+    labels = {r["source_id"].decode(): int(r["label"]) for r in records}
+    assert len(labels) == 10 + 8 + 1 and manifest["source"]["photos"] == 10 + 12 + 1
+    assert {labels[f"train/n0{k}/n0{k}_{i}.JPEG"] for k in (1, 2) for i in range(5)} == {0, 1}
+    assert labels["train/n02/n02_3.JPEG"] == 1
+    assert labels["data_batch_2/data_batch_2_3.png"] == 2 + (1 + 3) % 10  # CIFAR-10's labels after the two classes
+    assert labels["unlabelled.png"] == schema.NO_LABEL
+    # a photo's split is its own source's: the same as when its source is made alone
+    alone, _ = make(tmp_path / "alone", source=f"imagefolder:{root}", size=32, mode="resize", val_fraction=0.3)
+    joined_val = {r["source_id"].decode() for r in read_split(out, "val")}
+    alone_val = {r["source_id"].decode() for r in read_split(tmp_path / "alone", "val")}
+    assert alone_val == {name for name in joined_val if name.startswith("train/n0")}
+    result = run_cli(f"--source=imagefolder:{root} +  + folder:{tmp_path / 'loose'}", f"--out={tmp_path / 'bad'}")
+    assert result.returncode == 2 and "an empty source" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_imagefolder_without_a_split_folder_or_words_uses_folder_names(tmp_path):
     for name in ("zebra", "apple"):
         (tmp_path / "photos" / name / "deeper").mkdir(parents=True)
