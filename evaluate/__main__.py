@@ -61,13 +61,14 @@ def folder_images(root: Path) -> Iterator[tuple[str, np.ndarray, int]]:
         print(f"skipped {skip['source']}: {skip['reason']}", file=sys.stderr)
 
 
-def checkpoint_models(run: Path, which: str, temperatures: list[float] = (),
-                      rebalances: list[float] = ()) -> tuple[dict[str, Model], dict[str, float]]:  # fmt: skip
+def checkpoint_models(run: Path, which: str, temperatures: list[float] = (), rebalances: list[float] = (),
+                      gains: list[float] = ()) -> tuple[dict[str, Model], dict[str, float]]:  # fmt: skip
     """The run's checkpoints as models, and each one's epoch when `which` is "all".
 
     A model that decodes with a temperature (zhang) is evaluated at each of `temperatures`
-    as "name@T=t", and at each of `rebalances` (its --decode_rebalance) as "name@r=r,T=t";
-    at its own settings when none are given.
+    as "name@T=t", at each of `rebalances` (its --decode_rebalance) as "name@r=r,T=t", and
+    at each of `gains` (its --chroma_gain) as "name@g=g,T=t" (or "name@r=r,g=g,T=t"); at
+    its own settings when none are given.
     """
     saved = models.read_run_config(run)
     size = models.working_size(saved)
@@ -86,12 +87,16 @@ def checkpoint_models(run: Path, which: str, temperatures: list[float] = (),
         name = run.name if which != "all" else f"{run.name}@{Path(path).name.split('-')[-1]}"
         if any(rebalances) and hasattr(generator, "log_rebalance"):
             models.require_decoding_weights(generator, run)
-        if (temperatures or rebalances) and hasattr(saved.model_config, "temperature"):
+        if (temperatures or rebalances or gains) and hasattr(saved.model_config, "temperature"):
             decodings = {}
             for rebalance in rebalances or [None]:
-                for t in temperatures or [saved.model_config.temperature]:
-                    key = f"{name}@T={t:g}" if rebalance is None else f"{name}@r={rebalance:g},T={t:g}"
-                    decodings[key] = (t, generator.decode_rebalance if rebalance is None else rebalance)
+                for gain in gains or [None]:
+                    for t in temperatures or [saved.model_config.temperature]:
+                        settings = [] if rebalance is None else [f"r={rebalance:g}"]
+                        settings += [] if gain is None else [f"g={gain:g}"]
+                        key = f"{name}@{','.join([*settings, f'T={t:g}'])}"
+                        decodings[key] = (t, generator.decode_rebalance if rebalance is None else rebalance,
+                                          generator.chroma_gain if gain is None else gain)  # fmt: skip
             sweep = DecodingSweep(generator, size, stride, list(decodings.values()))
             found.update({key: sweep.model(index) for index, key in enumerate(decodings)})
         else:
@@ -136,8 +141,8 @@ def _colorizer(generator, size: int, stride: int) -> Model:
 
 
 class DecodingSweep:
-    """A zhang generator at D decodings, (temperature, decode_rebalance) each, as D models that
-    share one pass of its network per photo.
+    """A zhang generator at D decodings, (temperature, decode_rebalance, chroma_gain) each, as D
+    models that share one pass of its network per photo.
 
     `evaluate` gives every model the same photos in turn: the first of these models to see
     them colorizes them all D ways at once (the network once, then D decodings, each upsampled
@@ -145,15 +150,14 @@ class DecodingSweep:
     what one model does instead of 21.
     """
 
-    def __init__(self, generator, size: int, stride: int, decodings: list[tuple[float, float]],
+    def __init__(self, generator, size: int, stride: int, decodings: list[tuple[float, float, float]],
                  max_pixels: int = CALL_PIXELS) -> None:  # fmt: skip
-        temperatures = tf.constant([t for t, _ in decodings], tf.float32)
-        rebalances = tf.constant([r for _, r in decodings], tf.float32)
+        temperatures, rebalances, gains = (tf.constant(values, tf.float32) for values in zip(*decodings))
         count = len(decodings)
 
         def every_decoding(inputs, training=False):
             gray, _ = inputs  # each photo D times in a row
-            return generator.decode_each(gray[::count], temperatures, rebalances)
+            return generator.decode_each(gray[::count], temperatures, rebalances, gains)
 
         def colorize(pixels):
             photos = tf.shape(pixels)[0]
@@ -217,6 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--temperatures", default="", help="decode models that take a temperature (zhang) at each of these, "
         "e.g. 0.2,0.38,0.6,1: the PSNR / colourfulness trade-off in tradeoff.png")  # fmt: skip
     add("--decode-rebalance", default="", help="zhang: also sweep its rebalancing at decoding, e.g. 0,0.5,1")
+    add("--chroma-gains", default="", help="zhang: also sweep its chroma gain at decoding, e.g. 1,1.2,1.4")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)
 
@@ -231,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         epochs: dict[str, float] = {}
         temperatures = parse_values("temperatures", args.temperatures, 0.0, inclusive=False)
         rebalances = parse_values("decode-rebalance", args.decode_rebalance, 0.0, inclusive=True)
+        gains = parse_values("chroma-gains", args.chroma_gains, 0.0, inclusive=False)
         for run in args.run:
-            found, found_epochs = checkpoint_models(run, args.checkpoints, temperatures, rebalances)
+            found, found_epochs = checkpoint_models(run, args.checkpoints, temperatures, rebalances, gains)
             evaluated.update(found)
             epochs.update(found_epochs)
         for export in args.export:

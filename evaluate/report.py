@@ -197,8 +197,8 @@ def plot_by_epoch(
 def plot_tradeoff(results: dict, path: str | Path) -> None:
     """PNG: mean PSNR against mean colourfulness of every model of `evaluate`'s results.
 
-    Models named "NAME@T=t" or "NAME@r=r,T=t" (a temperature sweep) are joined into one line
-    per NAME (and r), each point labelled by its t.
+    Models named "NAME@T=t", "NAME@r=r,T=t" or "NAME@r=r,g=g,T=t" (a temperature sweep) are
+    joined into one line per NAME (and r, g), each point labelled by its t.
     The baseline's PSNR and the truth's colourfulness (and 80% of it) are drawn as lines:
     a good colorizer sits above the first and near the second.
     """

@@ -106,14 +106,15 @@ def check(export_dir: Path, temperature: float | None, hints: bool = False) -> N
 def export_run(run: Path, out: Path, name: str | None = None, version: int | None = None,
                checkpoint: str = "best", size: int | None = None, serving_root: str = "/models",
                temperature: float | None = None, decode_rebalance: float | None = None,
-               precision: str = "float32", weights: str = "float32") -> Path:  # fmt: skip
+               precision: str = "float32", weights: str = "float32",
+               chroma_gain: float | None = None) -> Path:  # fmt: skip
     """Export the generator of `run` to out/<name>/<version>; returns that folder.
 
     `temperature`: the default decoding temperature written into export.json for models
     that take one (default: the run's), e.g. the one a `make evaluate --temperatures` sweep
-    chose; `decode_rebalance`: zhang's rebalancing at decoding, fixed in the graph;
-    `precision`: the graph's compute precision (PRECISIONS); `weights`: how the kernels are
-    stored (savedmodel.WEIGHTS).
+    chose; `decode_rebalance` and `chroma_gain`: zhang's rebalancing and chroma gain at
+    decoding, fixed in the graph; `precision`: the graph's compute precision (PRECISIONS);
+    `weights`: how the kernels are stored (savedmodel.WEIGHTS).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision={precision}: valid: {', '.join(PRECISIONS)}")
@@ -131,6 +132,11 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             raise ConfigError(f"--decode_rebalance: {saved.model} has no rebalancing at decoding")
         generator.decode_rebalance = decode_rebalance
         saved = saved._replace(model_config=dataclasses.replace(saved.model_config, decode_rebalance=decode_rebalance))
+    if chroma_gain is not None:
+        if not hasattr(saved.model_config, "chroma_gain"):
+            raise ConfigError(f"--chroma_gain: {saved.model} has no chroma gain at decoding")
+        generator.chroma_gain = chroma_gain
+        saved = saved._replace(model_config=dataclasses.replace(saved.model_config, chroma_gain=chroma_gain))
     if getattr(generator, "decode_rebalance", 0.0):
         models.require_decoding_weights(generator, run)
     size = size or models.working_size(saved)
@@ -211,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         help="default decoding temperature of models that take one (zhang; default: the run's)")
     add("--decode_rebalance", type=float, default=None,
         help="zhang: rebalancing at decoding, 0 (as trained) to 1 (default: the run's)")
+    add("--chroma_gain", type=float, default=None,
+        help="zhang: each pixel's colour moved away from the photo's mean colour by this factor, 1 as decoded "
+             "(default: the run's)")
     add("--precision", choices=PRECISIONS, default="float32",
         help="the graph's compute precision: float32 (default; fast everywhere) or mixed_bfloat16 (faster on "
              "CPUs with bf16 units, e.g. AVX512-BF16 or AMX; much slower on CPUs without them)")  # fmt: skip
@@ -225,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--temperature must be positive")
     if args.decode_rebalance is not None and args.decode_rebalance < 0:
         parser.error("--decode_rebalance must be >= 0")
+    if args.chroma_gain is not None and args.chroma_gain <= 0:
+        parser.error("--chroma_gain must be positive")
     started = time.perf_counter()
     try:
         target = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.size, args.serving_root,
-                            args.temperature, args.decode_rebalance, args.precision, args.weights)  # fmt: skip
+                            args.temperature, args.decode_rebalance, args.precision, args.weights,
+                            args.chroma_gain)  # fmt: skip
     except (ConfigError, FileNotFoundError) as error:
         print(f"make export: {error}", file=sys.stderr)
         return 2

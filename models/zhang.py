@@ -47,6 +47,11 @@ class ZhangConfig(unet.StatisticsSides):
     # (lambda 0.5, as the paper trains) to this power: 0 as trained; 1 as if trained with
     # rebalancing. Lifts rare, saturated colours where the network finds them plausible.
     decode_rebalance: float = 0.0
+    # At decoding, each pixel's ab moved away from the photo's mean ab by this factor (1: as
+    # decoded). The annealed mean pulls uncertain pixels towards the photo's overall colour;
+    # widening that spread again restores colour where it costs per-pixel accuracy least
+    # (BENCHMARKS.md, "Chroma gain").
+    chroma_gain: float = 1.0
 
     def __post_init__(self) -> None:
         check(self.base_width >= 1, f"--base_width={self.base_width}: must be at least 1")
@@ -58,6 +63,7 @@ class ZhangConfig(unet.StatisticsSides):
         check(self.prior_sigma >= 0.0, f"--prior_sigma={self.prior_sigma}: must be >= 0")
         check(self.temperature > 0.0, f"--temperature={self.temperature}: must be > 0")
         check(self.decode_rebalance >= 0.0, f"--decode_rebalance={self.decode_rebalance}: must be >= 0")
+        check(self.chroma_gain > 0.0, f"--chroma_gain={self.chroma_gain}: must be > 0")
         super().__post_init__()
 
     @property
@@ -108,14 +114,17 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
     return unet.SizeStatisticsNetwork(gray, logits, config.sides, name=name)
 
 
-def decode(logits: tf.Tensor, temperature: tf.Tensor | float, log_weights: tf.Tensor | None = None) -> tf.Tensor:
+def decode(logits: tf.Tensor, temperature: tf.Tensor | float, log_weights: tf.Tensor | None = None,
+           chroma_gain: tf.Tensor | float | None = None) -> tf.Tensor:  # fmt: skip
     """The annealed mean: logits [B, h, w, Q] and temperature (scalar or [B]) -> color [B, h, w, 2] float32.
 
     softmax(log p / T) re-weights the predicted distribution p; since log p is the logits
     minus a per-pixel constant, that is softmax(logits / T). With `log_weights` [Q] (or
     [B, 1, 1, Q], one per image), p is first multiplied by exp(log_weights) (a rebalancing at
-    decoding). The colour is the
-    expectation of the bin centres under it, in model scaling (ab / 110, within [-1, 1]).
+    decoding). The colour is the expectation of the bin centres under it, in model scaling
+    (ab / 110). With `chroma_gain` g (scalar or [B]), each pixel's colour c becomes
+    m + g (c - m), m the image's mean colour; for g > 1 it may leave [-1, 1], which the
+    conversion to RGB clips.
     """
     temperature = tf.reshape(tf.cast(temperature, tf.float32), [-1, 1, 1, 1])
     logits = tf.cast(logits, tf.float32)
@@ -123,26 +132,31 @@ def decode(logits: tf.Tensor, temperature: tf.Tensor | float, log_weights: tf.Te
         logits += log_weights
     annealed = tf.nn.softmax(logits / temperature, axis=-1)
     ab = tf.einsum("bhwq,qc->bhwc", annealed, tf.constant(color.ab_bins()))  # Lab units
+    if chroma_gain is not None:
+        mean = tf.reduce_mean(ab, axis=[1, 2], keepdims=True)
+        ab = mean + tf.reshape(tf.cast(chroma_gain, tf.float32), [-1, 1, 1, 1]) * (ab - mean)
     return ab / color.AB_SCALE
 
 
 class ZhangGenerator(keras.Model):
-    """gray [B, H, W, 1], or [gray, temperature [B]] -> color [B, H, W, 2] float32 in [-1, 1].
+    """gray [B, H, W, 1], or [gray, temperature [B]] -> color [B, H, W, 2] float32.
 
     `network`'s logits decoded by the annealed mean (at `temperature` unless one is given),
-    rebalanced by `decode_rebalance` x `log_rebalance`, and upsampled bilinearly to the input
-    size. Its only weight of its own is `log_rebalance` [Q], the log rebalancing weights of
-    the training data, which the training step keeps set (zeros until then): it is saved with
+    rebalanced by `decode_rebalance` x `log_rebalance`, spread by `chroma_gain` (see `decode`),
+    and upsampled bilinearly to the input size (in [-1, 1] unless `chroma_gain` > 1). Its
+    only weight of its own is `log_rebalance` [Q], the log rebalancing weights of the
+    training data, which the training step keeps set (zeros until then): it is saved with
     the checkpoint and the export, which therefore need no training data. The loop gives
     the generator one optimizer; `network`'s weights are saved once.
     """
 
     def __init__(self, network: keras.Model, temperature: float, decode_rebalance: float = 0.0,
-                 name: str = "generator") -> None:  # fmt: skip
+                 chroma_gain: float = 1.0, name: str = "generator") -> None:  # fmt: skip
         super().__init__(name=name, dtype="float32")  # decoding in float32 under any policy
         self.network = network
         self.temperature = temperature
         self.decode_rebalance = decode_rebalance
+        self.chroma_gain = chroma_gain
         self.log_rebalance = self.add_weight(shape=[len(color.ab_bins())], initializer="zeros", trainable=False,
                                              name="log_rebalance", aggregation="only_first_replica")  # fmt: skip
         self.built = True  # `network` is; the wrapper has nothing else to build
@@ -150,25 +164,28 @@ class ZhangGenerator(keras.Model):
     def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool = False) -> tf.Tensor:
         gray, temperature = inputs if isinstance(inputs, (list, tuple)) else (inputs, self.temperature)
         log_weights = self.decode_rebalance * self.log_rebalance if self.decode_rebalance else None
-        fake_color = decode(self.network(gray, training=training), temperature, log_weights)  # [B, h, w, 2]
+        gain = self.chroma_gain if self.chroma_gain != 1.0 else None
+        fake_color = decode(self.network(gray, training=training), temperature, log_weights, gain)  # [B, h, w, 2]
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")  # [B, H, W, 2]
 
-    def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor) -> tf.Tensor:
+    def decode_each(self, gray: tf.Tensor, temperatures: tf.Tensor, rebalances: tf.Tensor,
+                    chroma_gains: tf.Tensor) -> tf.Tensor:  # fmt: skip
         """N photos' gray [N, H, W, 1] each decoded D ways from one pass of the network: at
-        temperatures [D] and decode_rebalance values [D] -> color [N * D, H, W, 2], photo n's
-        decodings at n * D .. n * D + D - 1, each exactly what `call` gives at those settings
+        temperatures [D], decode_rebalance values [D] and chroma gains [D] -> color [N * D, H, W, 2],
+        photo n's decodings at n * D .. n * D + D - 1, each what `call` gives at those settings
         (what a sweep of decodings needs: the network's cost once)."""
         logits = self.network(gray)
         photos = tf.shape(gray)[0]
         log_weights = tf.reshape(tf.cast(rebalances, tf.float32), [-1, 1, 1, 1]) * self.log_rebalance
         fake_color = decode(tf.repeat(logits, tf.size(temperatures), axis=0), tf.tile(temperatures, [photos]),
-                            tf.tile(log_weights, [photos, 1, 1, 1]))  # fmt: skip
+                            tf.tile(log_weights, [photos, 1, 1, 1]), tf.tile(chroma_gains, [photos]))  # fmt: skip
         return tf.image.resize(fake_color, tf.shape(gray)[1:3], method="bilinear")
 
 
 def build(config: ZhangConfig) -> dict[str, keras.Model]:
     """{"generator": gray -> fake_color, with `.network`: gray -> logits}."""
-    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance)}
+    return {"generator": ZhangGenerator(logits_network(config), config.temperature, config.decode_rebalance,
+                                        config.chroma_gain)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

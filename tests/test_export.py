@@ -11,8 +11,10 @@ import sys
 import zlib
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import skimage.color
 import tensorflow as tf
 from google.protobuf import text_format
 from PIL import Image
@@ -24,6 +26,7 @@ from export import savedmodel, serving
 from export.client import ServingClient, ServingError
 from export.images import load_photo
 from export.inference import INFO_FILE, Colorizer
+from models import zhang
 from models.config import ConfigError
 from preprocess import color
 from tests.helpers import WORKING_SIZE, FakeServing, TrainSettings, encode, make_run, photo, tiny_generator
@@ -281,6 +284,30 @@ def test_a_model_with_a_temperature_takes_it_in_every_signature(tmp_path):
     assert np.abs(rebalanced.colorize(rgb).astype(int) - colorizer.colorize(rgb)).max() > 3
     with pytest.raises(SystemExit, match="2"):
         export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'x'}", "--decode_rebalance=-1"])
+
+
+
+def test_the_chroma_gain_is_fixed_in_the_graph(tmp_path, monkeypatch):
+    config = models.get("zhang").config(base_width=2)
+    models.write_run_config(tmp_path / "run", "zhang", config, TrainSettings(crop_size=32))
+    # logits that follow the photo (an untrained zhang network's barely vary at this size)
+    network = keras.Sequential([keras.Input([None, None, 1]), keras.layers.AveragePooling2D(4),
+                                keras.layers.Conv2D(len(color.ab_bins()), 1, bias_initializer="random_normal",
+                                                    kernel_initializer=keras.initializers.RandomNormal(0, 3, seed=2))])
+    generator = zhang.ZhangGenerator(network, config.temperature)
+    monkeypatch.setattr(models, "build_from_run", lambda run, checkpoint="best": {"generator": generator})
+    rgb = photo(32, 32)
+    spreads = []
+    for gain in (1, 2):
+        assert export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'exports'}", f"--chroma_gain={gain}",
+                                f"--version={gain}"]) == 0  # fmt: skip
+        exported = Colorizer(tmp_path / "exports" / "zhang", version=gain)
+        assert exported.info["model_config"]["chroma_gain"] == gain
+        _, a, b = np.moveaxis(skimage.color.rgb2lab(exported.colorize(rgb)), -1, 0)
+        spreads.append(np.hypot(a - a.mean(), b - b.mean()).mean())
+    assert spreads[1] > 1.5 * spreads[0] > 0  # the same photo's colours spread wider around their mean
+    with pytest.raises(SystemExit, match="2"):
+        export_cli.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'x'}", "--chroma_gain=0"])
 
 
 # ---------------------------------------------------------------------------------------

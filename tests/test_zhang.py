@@ -3,6 +3,7 @@ the step, mixed precision, and a run through the command line rebuilt from its f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -287,16 +288,25 @@ def test_make_evaluate_sweeps_the_decoding_temperature(shards_with_prior, tmp_pa
     assert as_trained["mae_ab"] != rebalanced["mae_ab"]
     assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--decode-rebalance=-1"]) == 2
 
+    assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--split=val", "--limit=2",
+                          "--temperatures=1", "--chroma-gains=1,2", f"--out={tmp_path}", "--name=g"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert list(results["models"]) == ["baseline", "run@g=1,T=1", "run@g=2,T=1"]  # each gain's effect: below
+    assert evaluate_main([f"--run={run}", f"--data={shards_with_prior}", "--chroma-gains=0"]) == 2
+
 
 def test_a_decoding_sweep_gives_each_decoding_what_the_generator_gives_alone():
     from evaluate.__main__ import DecodingSweep
     from export.savedmodel import colorize_pixels
 
-    generator = models.build("zhang", TINY)["generator"]
-    bias = generator.network.get_layer("conv8_bins").bias
-    bias.assign(tf.random.stateless_normal(bias.shape, [3, 4]))
+    # logits that follow the photo (an untrained network's barely vary), so each decoding shows
+    network = keras.Sequential([keras.Input([None, None, 1]), keras.layers.AveragePooling2D(4),
+                                keras.layers.Conv2D(len(color.ab_bins()), 1, bias_initializer="random_normal",
+                                                    kernel_initializer=keras.initializers.RandomNormal(0, 3, seed=2))])
+    generator = zhang.ZhangGenerator(network, TINY.temperature)
     generator.log_rebalance.assign(tf.random.stateless_normal(generator.log_rebalance.shape, [5, 6]))
-    decodings = [(0.38, 0.0), (1.0, 0.0), (0.38, 1.0), (0.6, 0.5)]  # (temperature, decode_rebalance)
+    # (temperature, decode_rebalance, chroma_gain)
+    decodings = [(0.38, 0.0, 1.0), (1.0, 0.0, 1.0), (0.38, 1.0, 1.0), (0.6, 0.5, 1.0), (0.6, 0.5, 1.5)]
     sweep = DecodingSweep(generator, 32, TINY.stride, decodings)
     one_photo_per_call = DecodingSweep(generator, 32, TINY.stride, decodings, max_pixels=1)
     photos = np.stack([np.random.default_rng(seed).integers(0, 256, [40, 56, 3], dtype=np.uint8) for seed in (0, 1)])
@@ -304,8 +314,8 @@ def test_a_decoding_sweep_gives_each_decoding_what_the_generator_gives_alone():
     for batch in (photos, photos[::-1]):
         buffer[...] = batch
         swept = [sweep.model(index)(buffer) for index in range(len(decodings))]
-        for index, ((temperature, rebalance), colorized) in enumerate(zip(decodings, swept)):
-            generator.decode_rebalance = rebalance
+        for index, ((temperature, rebalance, gain), colorized) in enumerate(zip(decodings, swept)):
+            generator.decode_rebalance, generator.chroma_gain = rebalance, gain
             alone = colorize_pixels(generator, tf.constant(batch), 32, TINY.stride, tf.constant([temperature] * 2))
             assert colorized.shape == batch.shape and colorized.dtype == np.uint8
             assert np.abs(colorized.astype(int) - alone.numpy()).max() <= 1
@@ -325,6 +335,25 @@ def test_rebalancing_at_decoding_multiplies_the_distribution_by_the_weights():
     with_weights = zhang.decode(tf.pad(logits, [[0, 0]] * 3 + [[0, len(color.ab_bins()) - 3]], constant_values=-1e9),
                                 1.0, tf.pad(log_weights, [[0, len(color.ab_bins()) - 3]]))  # fmt: skip
     np.testing.assert_allclose(with_weights.numpy().ravel(), (expected @ bins.numpy()) / color.AB_SCALE, rtol=1e-4)
+
+
+def test_the_chroma_gain_widens_each_photos_colours_around_its_own_mean():
+    logits = tf.random.stateless_normal([2, 3, 4, len(color.ab_bins())], [7, 8]) * 3.0
+    plain = zhang.decode(logits, 0.5).numpy()
+    mean = plain.mean(axis=(1, 2), keepdims=True)
+    gained = zhang.decode(logits, 0.5, chroma_gain=tf.constant([1.5, 0.5])).numpy()
+    np.testing.assert_allclose(gained[:1], mean[:1] + 1.5 * (plain[:1] - mean[:1]), atol=1e-6)
+    np.testing.assert_allclose(gained[1:], mean[1:] + 0.5 * (plain[1:] - mean[1:]), atol=1e-6)
+    np.testing.assert_allclose(gained.mean(axis=(1, 2)), mean[:, 0, 0], atol=1e-6)  # each photo's cast kept
+    np.testing.assert_allclose(zhang.decode(logits, 0.5, chroma_gain=1.0).numpy(), plain, atol=1e-6)
+
+    generator = models.build("zhang", dataclasses.replace(TINY, chroma_gain=2.0))["generator"]
+    gray = tf.random.uniform([2, 32, 32, 1], -1, 1, seed=4)
+    logits = generator.network(gray)
+    np.testing.assert_allclose(generator(gray).numpy(), tf.image.resize(zhang.decode(logits, 0.38, None, 2.0),
+                               [32, 32]).numpy(), atol=1e-6)  # fmt: skip
+    with pytest.raises(ConfigError, match="--chroma_gain=0"):
+        ZhangConfig(chroma_gain=0.0)
 
 
 def test_the_step_stores_the_decoding_weights_in_the_generator(shards_with_prior, tmp_path):
