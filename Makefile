@@ -84,15 +84,20 @@ train: $(READY)
 # that has started to learn, not a finished one, beside the shipped colorizer.
 DEMO_STEPS ?= 400
 
-# make pretrained: a colorizer trained from Tiny ImageNet's train/<class>/*.JPEG folders and
-# exported into export/pretrained/ in place of the shipped one (its README has the figures):
-# zhang at 64 and 32 px in turn from the first step, about 70 minutes alone on two cores
-# (95 on shared ones). It matches the shipped version 2 on Tiny ImageNet and is 0.3 dB under
-# it on CIFAR-10 (BENCHMARKS.md, "A 90-minute recipe"). Version 2's own recipe, about 5 hours
-# (a wider network at 64 px, then a stage at both sizes): PRETRAINED_WIDTH=32
-# PRETRAINED_STEPS=45000 PRETRAINED_SCALES= PRETRAINED_SCALED_STEPS=16000 PRETRAINED_VERSION=2.
-# Every stage resumes: after an interruption, run the same command again.
+# make pretrained: the shipped colorizer's recipe (version 3; export/pretrained/README.md has
+# its figures): zhang trained on Tiny ImageNet's train/<class>/*.JPEG folders joined with
+# CIFAR-10's train photos, at 64 and 32 px in turn from the first step, about 90 minutes
+# alone on two cores; a decoding sweep on the validation photos; the export, in place of
+# the shipped one. Without the CIFAR-10 folder it trains on Tiny ImageNet alone, which
+# colours CIFAR-10's small photos less well (BENCHMARKS.md, "A 90-minute recipe"). Version 2's recipe,
+# about 5 hours (a wider network at 64 px, then a stage at both sizes): PRETRAINED_WIDTH=32
+# PRETRAINED_STEPS=45000 PRETRAINED_SCALES= PRETRAINED_SCALED_STEPS=16000 PRETRAINED_GAIN=1
+# PRETRAINED_VERSION=2. Every stage resumes: after an interruption, run the same command again.
 TINY ?= data/raw/tinyimagenet64
+# CIFAR-10's train photos join Tiny ImageNet's when this folder is there (cifar10:PATH's layouts)
+CIFAR ?= data/raw/cifar10
+PRETRAINED_SOURCE ?= imagefolder:$(TINY)$(if $(wildcard $(CIFAR)), + cifar10:$(CIFAR))
+PRETRAINED_DATA ?= data/pretrained64
 PRETRAINED_RUN ?= runs/pretrained
 PRETRAINED_WIDTH ?= 16
 PRETRAINED_STEPS ?= 48000
@@ -102,6 +107,7 @@ PRETRAINED_SCALES ?= 1,0.5
 PRETRAINED_SCALED_STEPS ?= 0
 PRETRAINED_TEMPERATURE ?= 0.38
 PRETRAINED_REBALANCE ?= 0.5
+PRETRAINED_GAIN ?= 1.5
 PRETRAINED_VERSION ?= 3
 PRETRAINED_FINAL = $(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),$(PRETRAINED_RUN),$(PRETRAINED_RUN)-scales)
 
@@ -119,22 +125,24 @@ classifier: $(READY)
 	$(PY) -m evaluate.classifier --data='$(DATA)' --out=classifiers/cifar10 $(ARGS)
 
 pretrained: $(READY)
-	$(PY) -m preprocess --source='imagefolder:$(TINY)' --size=64 --mode=resize --val-fraction=0.1 --out=data/tiny64
-	$(PY) -m train --model=zhang --data=data/tiny64 --run='$(PRETRAINED_RUN)' --steps=$(PRETRAINED_STEPS) \
+	$(PY) -m preprocess --source='$(PRETRAINED_SOURCE)' --size=64 --mode=resize --val-fraction=0.1 \
+		--out='$(PRETRAINED_DATA)'
+	$(PY) -m train --model=zhang --data='$(PRETRAINED_DATA)' --run='$(PRETRAINED_RUN)' --steps=$(PRETRAINED_STEPS) \
 		$(if $(PRETRAINED_SCALES),--scales=$(PRETRAINED_SCALES)) --base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
 		--lr_schedule=linear --eval_every=1000 --checkpoint_every=1000 --sample_every=2000 --log_every=200 \
 		--keep_checkpoints=30
-	$(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),,$(PY) -m train --model=zhang --data=data/tiny64 \
+	$(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),,$(PY) -m train --model=zhang --data='$(PRETRAINED_DATA)' \
 		--run='$(PRETRAINED_FINAL)' --init_from='$(PRETRAINED_RUN)' --scales=1,0.5 --steps=$(PRETRAINED_SCALED_STEPS) \
 		--base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
 		--learning_rate=1e-4 --lr_schedule=linear --decay_start=0 --eval_every=2000 --checkpoint_every=1000 \
 		--keep_checkpoints=20)
-	$(PY) -m evaluate --run='$(PRETRAINED_FINAL)' --checkpoints=latest --data=data/tiny64 --split=val --limit=1000 \
-		--name=pretrained-sweep --grid=4 --temperatures=0.38,0.6,1 --decode-rebalance=0,0.5,0.7,0.8,0.9,1
+	$(PY) -m evaluate --run='$(PRETRAINED_FINAL)' --checkpoints=latest --data='$(PRETRAINED_DATA)' --split=val \
+		--limit=1000 --name=pretrained-sweep --grid=4 --temperatures=0.38,0.6,1 --decode-rebalance=0,0.5,0.7 \
+		--chroma-gains=1,1.2,1.4,1.6
 	rm -rf '$(PRETRAINED_FINAL)/export'
 	$(PY) -m export --run='$(PRETRAINED_FINAL)' --checkpoint=latest --out='$(PRETRAINED_FINAL)/export' --name=colorizer \
 		--version=$(PRETRAINED_VERSION) --temperature=$(PRETRAINED_TEMPERATURE) \
-		--decode_rebalance=$(PRETRAINED_REBALANCE) --weights=bfloat16
+		--decode_rebalance=$(PRETRAINED_REBALANCE) --chroma_gain=$(PRETRAINED_GAIN) --weights=bfloat16
 	rm -rf export/pretrained/colorizer && mv '$(PRETRAINED_FINAL)/export/colorizer' export/pretrained/colorizer
 	@echo "pretrained: export/pretrained/colorizer; the sweep that chose its decoding: reports/pretrained-sweep/"
 
