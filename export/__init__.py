@@ -17,3 +17,6 @@ from pathlib import Path
 # The colorizer that ships with the project (export/pretrained/README.md says how it was
 # made): what `colorize`, `make serve` and `make demo` use when no model is named.
 PRETRAINED = Path(__file__).parent / "pretrained" / "colorizer"
+# Its guided companion (MODEL=guided: a reference photo's colours and colour hints): what
+# `colorize --reference/--hints` uses when no model is named, since the colorizer takes neither.
+PRETRAINED_GUIDED = Path(__file__).parent / "pretrained" / "guided"

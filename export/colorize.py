@@ -3,8 +3,9 @@
     colorize [--model exports/cgan] [--version N] [--size S] [--temperature T] [--format png|jpg] [--output DIR] INPUT...
     colorize --model exports/guided [--reference REF.jpg] [--hints hints.json] [--sequence] [--steady S] INPUT...
 
-Without --model it uses the colorizer that ships with the project (export/pretrained/),
-and without --output it writes into ./colorized.
+Without --model it uses the colorizer that ships with the project (export/pretrained/), or
+with --reference or --hints the guided colorizer that ships beside it, and without
+--output it writes into ./colorized.
 
 A model that takes hints (MODEL=guided) follows a reference photo's colours (--reference)
 and colour hints at pixels of the photo (--hints, export/guidance.py), or both; every
@@ -44,7 +45,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from export import PRETRAINED  # noqa: E402
+from export import PRETRAINED, PRETRAINED_GUIDED  # noqa: E402
 from preprocess import atomic  # noqa: E402
 from export.guidance import GuidanceError, Hint, outside, png_bytes, read_hints, read_reference  # noqa: E402
 from export.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnusableImage, load_photo  # noqa: E402
@@ -143,8 +144,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("inputs", nargs="+", type=Path, metavar="INPUT",
         help="photos, folders of photos, videos (mp4, mov, ...), or with --sequence folders of frames")
-    add("--model", type=Path, default=PRETRAINED,
-        help="exports/<name> (its newest version) or exports/<name>/<version> (default: the shipped colorizer)")
+    add("--model", type=Path, default=None,
+        help="exports/<name> (its newest version) or exports/<name>/<version> (default: the shipped colorizer; "
+        "with --reference or --hints the shipped guided colorizer)")
     add("--version", type=int, default=None, help="the export version (default: the newest)")
     add("--output", type=Path, default=Path("colorized"), help="folder for the results (default: colorized)")
     add(
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         guidance = Guidance(hints, png_bytes(read_reference(args.reference, args.max_pixels)) if args.reference else b"")
-        colorizer = Colorizer(args.model, args.version)
+        model = args.model or (PRETRAINED_GUIDED if guidance else PRETRAINED)
+        colorizer = Colorizer(model, args.version)
         if args.temperature is not None and colorizer.info["temperature"] is None:
             raise ExportNotFound(f"{colorizer.label} ({colorizer.info['model']}) does not take a --temperature")
         if guidance and not colorizer.takes_hints:

@@ -187,3 +187,28 @@ def test_without_a_model_the_shipped_colorizer_colours_a_photo(tmp_path, monkeyp
     info = Colorizer(PRETRAINED).info
     assert (info["model"], info["working_size"]) == ("zhang", 64)
     assert (PRETRAINED.parent / "README.md").read_text().count("non-commercial") >= 1
+
+
+def test_without_a_model_hints_use_the_shipped_guided_colorizer(tmp_path, monkeypatch):
+    """`colorize --hints` on a fresh clone: the shipped colorizer takes no hints, its guided companion does,
+    and a blue hint on a gray cup turns the cup blue where it lands, where the automatic colorizer does not."""
+    import json
+
+    import skimage.data
+
+    from export import PRETRAINED_GUIDED
+
+    Image.fromarray(skimage.data.coffee()).convert("L").save(tmp_path / "coffee.png")
+    x, y = 200, 220  # on the cup's rim, which is red in the original
+    (tmp_path / "hints.json").write_text(json.dumps([{"x": x, "y": y, "colour": "#2050e0"}]))
+    monkeypatch.chdir(tmp_path)
+    assert colorize.main(["--output", "guided", "--hints", "hints.json", "coffee.png"]) == 0
+    assert colorize.main(["--output", "automatic", "coffee.png"]) == 0
+    guided = color.rgb_to_lab(np.asarray(Image.open(tmp_path / "guided" / "coffee.png").convert("RGB"))).numpy()
+    automatic = color.rgb_to_lab(np.asarray(Image.open(tmp_path / "automatic" / "coffee.png").convert("RGB"))).numpy()
+    around = np.s_[y - 4 : y + 5, x - 4 : x + 5, 2]
+    assert guided[around].mean() < -15  # b well below 0: blue
+    assert guided[around].mean() < automatic[around].mean() - 15
+    info = Colorizer(PRETRAINED_GUIDED).info
+    assert (info["model"], info["hints"]) == ("guided", True)
+    assert (PRETRAINED_GUIDED.parent / "README.md").read_text().count("non-commercial") >= 1
