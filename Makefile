@@ -60,7 +60,7 @@ help:
 	@echo "make classifier DATA=<CIFAR-10 shards>  the classifier of the semantic-interpretability metric"
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
 	@echo "make bench-beam           make data on Beam's DirectRunner against the local writer, into BENCHMARKS.md"
-	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>] [CIFAR=<CIFAR-10 folder>]   the shipped colorizer (~90 min)"
+	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>] [CIFAR=<CIFAR-10 folder>]   the shipped colorizer (~100 min)"
 	@echo "make pretrained-guided [TINY=...] [CIFAR=...]   the shipped guided colorizer (hints, a reference; ~60 min)"
 	@echo "make bench PEER_SRC=... PEER_PYTHON=... [PEER_BENCH=...] [ARGS='--rounds=3 --iters=5 ...']"
 	@echo "                          side by side with the PyTorch references, into BENCHMARKS.md"
@@ -87,7 +87,7 @@ DEMO_STEPS ?= 400
 
 # make pretrained: the shipped colorizer's recipe (version 3; export/pretrained/README.md has
 # its figures): zhang trained on Tiny ImageNet's train/<class>/*.JPEG folders joined with
-# CIFAR-10's train photos, at 64 and 32 px in turn from the first step, about 90 minutes
+# CIFAR-10's train photos, at 64 and 32 px in turn from the first step, about 100 minutes
 # alone on two cores; a decoding sweep on the validation photos; the export, in place of
 # the shipped one. Without the CIFAR-10 folder it trains on Tiny ImageNet alone, which
 # colours CIFAR-10's small photos less well (BENCHMARKS.md, "A 90-minute recipe"). Version 2's recipe,
@@ -111,6 +111,9 @@ PRETRAINED_REBALANCE ?= 0.5
 PRETRAINED_GAIN ?= 1.5
 PRETRAINED_VERSION ?= 3
 PRETRAINED_FINAL = $(if $(filter 0,$(PRETRAINED_SCALED_STEPS)),$(PRETRAINED_RUN),$(PRETRAINED_RUN)-scales)
+# the shards both pretrained targets train on
+PRETRAINED_SHARDS = $(PY) -m preprocess --source='$(PRETRAINED_SOURCE)' --size=64 --mode=resize --val-fraction=0.1 \
+	--out='$(PRETRAINED_DATA)'
 # make pretrained-guided: the shipped guided colorizer's recipe (export/pretrained/guided/;
 # its README has the figures): MODEL=guided on make pretrained's photos, at 64 and 32 px in
 # turn, about an hour alone on two cores; its PSNR against the number of hints on 1,000
@@ -133,8 +136,7 @@ classifier: $(READY)
 	$(PY) -m evaluate.classifier --data='$(DATA)' --out=classifiers/cifar10 $(ARGS)
 
 pretrained: $(READY)
-	$(PY) -m preprocess --source='$(PRETRAINED_SOURCE)' --size=64 --mode=resize --val-fraction=0.1 \
-		--out='$(PRETRAINED_DATA)'
+	$(PRETRAINED_SHARDS)
 	$(PY) -m train --model=zhang --data='$(PRETRAINED_DATA)' --run='$(PRETRAINED_RUN)' --steps=$(PRETRAINED_STEPS) \
 		$(if $(PRETRAINED_SCALES),--scales=$(PRETRAINED_SCALES)) --base_width=$(PRETRAINED_WIDTH) --batch_size=32 --precision=mixed_bfloat16 --beta_1=0.9 --rebalance_lambda=1 \
 		--lr_schedule=linear --eval_every=1000 --checkpoint_every=1000 --sample_every=2000 --log_every=200 \
@@ -155,8 +157,7 @@ pretrained: $(READY)
 	@echo "pretrained: export/pretrained/colorizer; the sweep that chose its decoding: reports/pretrained-sweep/"
 
 pretrained-guided: $(READY)
-	$(PY) -m preprocess --source='$(PRETRAINED_SOURCE)' --size=64 --mode=resize --val-fraction=0.1 \
-		--out='$(PRETRAINED_DATA)'
+	$(PRETRAINED_SHARDS)
 	$(PY) -m train --model=guided --data='$(PRETRAINED_DATA)' --run='$(GUIDED_RUN)' --steps=$(GUIDED_STEPS) \
 		--scales=1,0.5 --batch_size=32 --precision=mixed_bfloat16 --learning_rate=3e-4 --beta_1=0.9 \
 		--lr_schedule=linear --eval_every=2000 --checkpoint_every=500 --sample_every=2000 --log_every=200 \

@@ -211,4 +211,4 @@ def test_without_a_model_hints_use_the_shipped_guided_colorizer(tmp_path, monkey
     assert guided[around].mean() < automatic[around].mean() - 15
     info = Colorizer(PRETRAINED_GUIDED).info
     assert (info["model"], info["hints"]) == ("guided", True)
-    assert (PRETRAINED_GUIDED.parent / "README.md").read_text().count("non-commercial") >= 1
+    assert (PRETRAINED_GUIDED / "README.md").read_text().count("non-commercial") >= 1
