@@ -2,6 +2,7 @@
 
     python -m evaluate.hints --run=runs/guided-tiny64 --data=data/tiny64 --split=val --limit=1000 \\
         --reference="zhang (pretrained)=23.82" --plot=docs/guided-hints-tiny64.png
+    python -m evaluate.hints --model=export/pretrained/guided --data=data/tiny64 --split=val --limit=1000
 
 As Zhang, Zhu, Isola, Geng, Lin, Yu and Efros (2017) measure their model (their Fig. 4):
 the photos' true colour is revealed at N points (0, 1, 2, 5, 10, 20, 50, 100 by default)
@@ -20,6 +21,13 @@ px Tiny ImageNet and 32 px CIFAR-10 tiles are), with the photo's own L kept, as 
 evaluate` does for photos not larger than the working size, so "none" at 0 points is the
 automatic colorization that `make evaluate` scores. The gray input (a = b = 0) is scored
 on the same photos as the reference every figure is compared with.
+
+With --model an export is measured instead of a run, through its `colorize_guided`
+signature, as a user's request reaches it: each hint is a pixel and a "#rrggbb" colour (the
+truth's mean colour over the square the export paints there, HINT_PATCH px, so --patch is
+that), the global hint is the reference photo itself (the photo, or its same-class
+partner, sent as PNG; a reference the export would refuse as gray is left out for that
+photo, and counted), and the result is the export's uint8 RGB.
 
 Writes OUT/hints.json (settings, the gray input's PSNR, the mean PSNR per global hint and
 count) and OUT/hints.png (the curves, with the gray input and any --reference lines),
@@ -50,6 +58,9 @@ import models  # noqa: E402
 from evaluate import metrics  # noqa: E402
 from models import hints  # noqa: E402
 from models.config import ConfigError  # noqa: E402
+from export import inference  # noqa: E402
+from export.guidance import MIN_REFERENCE_CHROMA, mean_chroma, png_bytes, shrink  # noqa: E402
+from export.savedmodel import HINT_PATCH  # noqa: E402
 from preprocess import atomic, color, dataset, schema  # noqa: E402
 
 GLOBAL_HINTS = ("none", "own", "same_class")
@@ -97,13 +108,62 @@ def same_class_partners(labels: np.ndarray, chosen: np.ndarray, seed: int = 0) -
     return partners
 
 
-def psnr_by_points(generator, rgb: np.ndarray, global_hints: dict[str, np.ndarray | None], points: list[int],
-                   patch: int, batch_size: int = 50, seed: int = 0) -> dict[str, dict[int, list[float]]]:  # fmt: skip
+class RunHints:
+    """A run's generator fed hints as in training: squares painted in model space."""
+
+    gray_references = 0  # a run takes any global hint
+
+    def __init__(self, generator, patch_sides: tuple[int, ...]):
+        self.global_hint = lambda photos: hints.global_hint(color.rgb_to_model(photos)[1]).numpy()
+        largest = max(patch_sides)
+        self._truth_hints = tf.function(lambda *args: hints.patches_of_truth(*args, largest=largest),
+                                        reduce_retracing=True)  # fmt: skip
+        self._colorize = tf.function(lambda gray, local, global_hint: color.model_to_rgb(
+            gray, generator([gray, local, global_hint], training=False)), reduce_retracing=True)  # fmt: skip
+
+    def __call__(self, truth: np.ndarray, corners: tf.Tensor, sides: tf.Tensor, count: int,
+                 global_hint: np.ndarray | None) -> np.ndarray:  # fmt: skip
+        gray, real_color = color.rgb_to_model(truth)
+        local = self._truth_hints(real_color, corners, sides, tf.fill([len(truth)], count))
+        global_hint = hints.no_global_hint(len(truth)) if global_hint is None else tf.constant(global_hint)
+        return self._colorize(gray, local, global_hint).numpy()
+
+
+class ExportHints:
+    """An export's `colorize_guided` signature fed what a user sends: pixels, colours, reference photos."""
+
+    def __init__(self, colorizer: inference.Colorizer):
+        self.colorizer = colorizer
+        self.gray_references = 0  # photos whose reference the export would refuse, sent without one
+
+    def global_hint(self, photos: np.ndarray) -> np.ndarray:
+        """Reference photos -> their PNG bytes, b"" for one the export would refuse as gray."""
+        references = []
+        for photo in photos:
+            colourful = mean_chroma(shrink(photo)) >= MIN_REFERENCE_CHROMA
+            self.gray_references += not colourful
+            references.append(png_bytes(photo) if colourful else b"")
+        return np.array(references, dtype=object)
+
+    def __call__(self, truth: np.ndarray, corners: tf.Tensor, sides: tf.Tensor, count: int,
+                 global_hint: np.ndarray | None) -> np.ndarray:  # fmt: skip
+        corners = corners.numpy()[:, :count]  # [B, count, 2]
+        side = HINT_PATCH
+        squares = np.stack([np.stack([photo[y:y + side, x:x + side].reshape(-1, 3).mean(0) for y, x in photo_corners])
+                            if count else np.zeros((0, 3)) for photo, photo_corners in zip(truth, corners)])  # fmt: skip
+        colours = [["#%02x%02x%02x" % tuple(rgb) for rgb in photo] for photo in np.round(squares).astype(int)]
+        centres = corners + (side - 1) // 2
+        references = [b""] * len(truth) if global_hint is None else list(global_hint)
+        return self.colorizer.colorize_each(truth, truth.shape[1], centres[..., 0], centres[..., 1], colours, references)
+
+
+def psnr_by_points(colorize: RunHints | ExportHints, rgb: np.ndarray, global_hints: dict[str, np.ndarray | None],
+                   points: list[int], patch: int, batch_size: int = 50, seed: int = 0) -> dict[str, dict[int, list[float]]]:  # fmt: skip
     """Per-image PSNRs {global hint name: {N: [PSNR per photo]}} of uint8 RGB photos [M, S, S, 3].
 
-    global_hints: name -> [M, G] global hints, or None for none. Photo i's hints are the
-    first N of max(points) patches drawn with the stateless seed (seed, i): the same
-    whatever the batch, and nested from one count to the next.
+    global_hints: name -> [M, ...] global hints as `colorize.global_hint` makes them, or None
+    for none. Photo i's hints are the first N of max(points) patches drawn with the stateless
+    seed (seed, i): the same whatever the batch, and nested from one count to the next.
     """
     height, width = rgb.shape[1:3]
     sizes = (patch,) if patch else hints.PATCH_SIZES
@@ -112,21 +172,13 @@ def psnr_by_points(generator, rgb: np.ndarray, global_hints: dict[str, np.ndarra
     corners = tf.concat([corner for corner, _ in placed], 0)  # [M, K, 2]
     sides = tf.concat([side for _, side in placed], 0)  # [M, K]
 
-    @tf.function(reduce_retracing=True)
-    def colorize(gray, local, global_hint):
-        return color.model_to_rgb(gray, generator([gray, local, global_hint], training=False))
-
-    truth_hints = tf.function(lambda *args: hints.patches_of_truth(*args, largest=max(sizes)), reduce_retracing=True)
     scores = {name: {n: [] for n in points} for name in global_hints}
     for start in range(0, len(rgb), batch_size):
         truth = rgb[start:start + batch_size]
-        gray, real_color = color.rgb_to_model(truth)
         chosen = slice(start, start + len(truth))
         for n in points:
-            local = truth_hints(real_color, corners[chosen], sides[chosen], tf.fill([len(truth)], n))
             for name, values in global_hints.items():
-                global_hint = hints.no_global_hint(len(truth)) if values is None else tf.constant(values[chosen])
-                output = colorize(gray, local, global_hint).numpy()
+                output = colorize(truth, corners[chosen], sides[chosen], n, None if values is None else values[chosen])
                 scores[name][n] += [metrics.psnr(t, o) for t, o in zip(truth, output)]
     return scores
 
@@ -150,7 +202,7 @@ def plot(results: dict, path: Path, references: dict[str, float]) -> None:
     revealed = {0: "squares of 1 to 9 px, as in training", 1: "single pixels"}.get(patch, f"squares of {patch} px")
     axes.set_xlabel(f"local hints revealed ({revealed})")
     axes.set_ylabel("mean PSNR (dB)")
-    axes.set_title(f"{Path(results['run']).name} on {Path(results['data']).name} {results['split']} "
+    axes.set_title(f"{results['label']} on {Path(results['data']).name} {results['split']} "
                    f"({results['photos']} photos)", fontsize=10)  # fmt: skip
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -164,14 +216,17 @@ def plot(results: dict, path: Path, references: dict[str, float]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evaluate.hints", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--run", required=True, type=Path, help="a run of MODEL=guided")
-    add("--checkpoint", default="latest", help="best | latest | a checkpoint path (default: latest)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a run of MODEL=guided")
+    source.add_argument("--model", type=Path, help="or an export of one (e.g. export/pretrained/guided)")
+    add("--checkpoint", default="latest", help="of --run: best | latest | a checkpoint path (default: latest)")
+    add("--version", type=int, default=None, help="of --model: the export version (default: the newest)")
     add("--data", required=True, type=Path, help="a shards folder with colour tiles")
     add("--split", default=None, help="shard split (default: test, else val)")
     add("--limit", type=int, default=0, help="N photos spread over the split, as make evaluate --limit (default: all)")
     add("--points", default=",".join(map(str, DEFAULT_POINTS)), help="numbers of local hints, e.g. 0,1,10")
-    add("--patch", type=int, default=1, help="side of each hint's square in pixels, 1..9 (default: 1, single pixels); "
-        "0: drawn from 1..9 as in training")  # fmt: skip
+    add("--patch", type=int, default=None, help="side of each hint's square in pixels, 1..9 (default: 1, single "
+        f"pixels; with --model {HINT_PATCH}, the only one an export makes); 0: drawn from 1..9 as in training")  # fmt: skip
     add("--seed", type=int, default=0, help="of the hints' positions and the same-class picks")
     add("--batch", type=int, default=50, help="photos per model call")
     add("--name", default=None, help="report name (default: hints-<data folder>)")
@@ -209,40 +264,57 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         points, references = _points(args.points), _references(args.reference)
+        if args.patch is None:
+            args.patch = HINT_PATCH if args.model else 1
         if not 0 <= args.patch <= 9 or args.batch < 1 or args.limit < 0:
             raise ConfigError("--patch must be in 0..9, --batch at least 1 and --limit at least 0")
-        saved = models.read_run_config(args.run)
-        if saved.model != "guided":
-            raise ConfigError(f"{args.run}: a run of MODEL={saved.model}; this measures MODEL=guided runs")
+        if args.model and args.patch != HINT_PATCH:
+            raise ConfigError(f"--patch={args.patch}: an export paints every hint as a square of {HINT_PATCH} px")
+        if args.model:
+            colorizer = inference.Colorizer(args.model, args.version)
+            if not colorizer.takes_hints:
+                raise ConfigError(f"{colorizer.path}: an export of MODEL={colorizer.info['model']}, "
+                                  "which takes no hints; this measures MODEL=guided")  # fmt: skip
+            measured, label, stride = colorizer.path, colorizer.label, colorizer.info["stride"]
+        else:
+            saved = models.read_run_config(args.run)
+            if saved.model != "guided":
+                raise ConfigError(f"{args.run}: a run of MODEL={saved.model}; this measures MODEL=guided runs")
+            measured, label, stride = args.run, args.run.name, saved.model_config.stride
         shards = dataset.Shards(args.data)
         shards.require_color("the scores need the true colour")
         split = args.split or ("test" if "test" in shards.splits and shards.splits["test"].tiles else "val")
         ids, labels = split_labels(shards, split)
-        stride = saved.model_config.stride
         if shards.tile_size % stride:
-            raise ConfigError(f"{args.data}: tiles of {shards.tile_size} px; the run needs sides that are multiples of {stride}")
-        generator = models.build_from_run(args.run, args.checkpoint)["generator"]
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"{args.data}: tiles of {shards.tile_size} px; {measured} needs sides that are "
+                              f"multiples of {stride}")  # fmt: skip
+        if args.model:
+            colorize: RunHints | ExportHints = ExportHints(colorizer)
+        else:
+            sides = (args.patch,) if args.patch else hints.PATCH_SIZES
+            colorize = RunHints(models.build_from_run(args.run, args.checkpoint)["generator"], sides)
+    except (ConfigError, FileNotFoundError, ValueError, inference.ExportNotFound) as error:
         print(f"evaluate.hints: {error}", file=sys.stderr)
         return 2
 
     chosen = evaluated_indices(len(ids), args.limit)
     truth = split_tiles(shards, split, chosen)
     global_hints: dict[str, np.ndarray | None] = {"none": None}
-    global_hints["own"] = hints.global_hint(color.rgb_to_model(truth)[1]).numpy()
+    global_hints["own"] = colorize.global_hint(truth)
     partners = same_class_partners(labels, chosen, args.seed)
     if (partners >= 0).all():
         partner_tiles = split_tiles(shards, split, partners)
-        global_hints["same_class"] = hints.global_hint(color.rgb_to_model(partner_tiles)[1]).numpy()
+        global_hints["same_class"] = colorize.global_hint(partner_tiles)
     else:
         print(f"evaluate.hints: {int((partners < 0).sum())} of {len(chosen)} photos have no other photo of their class "
               f"(or no labels); leaving out the same-class reference", file=sys.stderr)  # fmt: skip
 
-    scores = psnr_by_points(generator, truth, global_hints, points, args.patch, args.batch, args.seed)
+    scores = psnr_by_points(colorize, truth, global_hints, points, args.patch, args.batch, args.seed)
     gray = color.model_to_rgb(color.rgb_to_model(truth)[0], tf.zeros(truth.shape[:3] + (2,))).numpy()
     results = {
-        "run": str(args.run), "checkpoint": args.checkpoint, "data": str(args.data), "split": split,
-        "photos": len(chosen), "patch": args.patch, "seed": args.seed, "points": points,
+        "run": str(measured), "label": label, "checkpoint": None if args.model else args.checkpoint,
+        "data": str(args.data), "split": split, "photos": len(chosen), "patch": args.patch,
+        "gray_references": colorize.gray_references, "seed": args.seed, "points": points,
         "gray_psnr": float(np.mean([metrics.psnr(t, g) for t, g in zip(truth, gray)])),
         "psnr": {name: {str(n): float(np.mean(values)) for n, values in by_points.items()}
                  for name, by_points in scores.items()},
@@ -259,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'points':>{width}} " + " ".join(f"{n:>6}" for n in points))
     for name, by_points in results["psnr"].items():
         print(f"{name:>{width}} " + " ".join(f"{by_points[str(n)]:6.2f}" for n in points))
+    if results["gray_references"]:
+        print(f"{results['gray_references']} reference photos were gray (the export refuses them): "
+              "those photos were colorized without a reference")  # fmt: skip
     print(f"gray input {results['gray_psnr']:.2f} dB; wrote {out / 'hints.json'} and {out / 'hints.png'}")
     return 0
 

@@ -117,6 +117,20 @@ class Colorizer:
             raise ValueError(f"{self.info['model']} does not decode with a temperature")
         return self._colorize_at_size(**inputs)["rgb"].numpy()
 
+    def colorize_each(self, rgb: np.ndarray, size: int, hint_y: np.ndarray, hint_x: np.ndarray,
+                      hint_colors: list[list[str]], references: list[bytes]) -> np.ndarray:  # fmt: skip
+        """uint8 RGB [N, H, W, 3], each photo with its own hints (hint_y, hint_x [N, K], hint_colors
+        [N][K] "#rrggbb") and reference (encoded photo, b"" for none) -> uint8 RGB [N, H, W, 3]."""
+        if not self.takes_hints:
+            raise ValueError(f"{self.label} ({self.info['model']}) takes no hints or reference photo")
+        count, points = len(rgb), np.shape(hint_y)[1]
+        return self._colorize_guided(
+            image=tf.constant(np.asarray(rgb, np.uint8)), working_size=tf.constant(size, tf.int32),
+            hint_y=tf.constant(hint_y, tf.int32, shape=[count, points]),
+            hint_x=tf.constant(hint_x, tf.int32, shape=[count, points]),
+            hint_colors=tf.constant(hint_colors, tf.string, shape=[count, points]),
+            reference_bytes=tf.constant(references, tf.string))["rgb"].numpy()  # fmt: skip
+
 
 def guidance_feed(hints: list[Hint], reference: bytes, count: int = 1) -> dict[str, tf.Tensor]:
     """The guided signatures' hint inputs for `count` photos that share `hints` and `reference`

@@ -19,15 +19,19 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 import models
+from evaluate import hints as hints_eval
 from evaluate import stability
+from evaluate.metrics import psnr
 from export import __main__ as export_cli
 from export import colorize, guidance, savedmodel, sequence, steady
 from export.client import ServingClient
 from export.guidance import Hint
 from export.inference import INFO_FILE, Colorizer, guidance_feed
 from export.web import create_app
+from models import hints
 from models.guided import GuidedConfig
 from preprocess import color
+from preprocess.dataset import Shards
 from tests.helpers import WORKING_SIZE, FakeServing, TrainSettings, encode, photo
 from tests.test_web import browser  # noqa: F401  (the headless Chromium fixture)
 
@@ -330,6 +334,48 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, coloriz
     with pytest.raises(SystemExit) as stopped:  # guided needs something to follow
         stability.main(["--model", str(export_dir), str(tmp_path / "reel")])
     assert stopped.value.code == 2 and "--model needs --reference and/or --hints" in capsys.readouterr().err
+
+
+def test_the_hint_curve_of_an_export_is_what_its_signature_gives_a_user(guided, colorizer, tiny_shards, tmp_path):
+    export_dir, _ = guided
+    common = [f"--data={tiny_shards}", "--split=val", "--limit=4", "--points=0,3", f"--out={tmp_path}"]
+    assert hints_eval.main([f"--model={export_dir}", *common, "--name=export"]) == 0
+    run = export_dir.parents[2] / "run"
+    assert hints_eval.main([f"--run={run}", "--checkpoint=best", "--patch=3", *common, "--name=run"]) == 0
+    by_export = json.loads((tmp_path / "export" / "hints.json").read_text())
+    by_run = json.loads((tmp_path / "run" / "hints.json").read_text())
+    assert by_export["patch"] == savedmodel.HINT_PATCH and by_export["label"] == "guided v1"
+
+    shards = Shards(tiny_shards)
+    ids, _ = hints_eval.split_labels(shards, "val")
+    truth = hints_eval.split_tiles(shards, "val", hints_eval.evaluated_indices(len(ids), 4))
+    automatic = colorizer.colorize_batch(truth, size=truth.shape[1])
+    assert by_export["psnr"]["none"]["0"] == pytest.approx(np.mean([psnr(t, o) for t, o in zip(truth, automatic)]))
+    # three hints: a pixel at the centre of each of the run's 3 px squares, with the truth's
+    # mean colour over the square; the photo itself as the reference
+    guided_outputs = []
+    for index, tile in enumerate(truth):
+        corners = hints.sample_patches(tf.constant([0, index], tf.int64), 1, *tile.shape[:2], 3, (3,))[0][0].numpy()
+        mean_colours = [np.round(tile[y:y + 3, x:x + 3].reshape(-1, 3).mean(0)).astype(int) for y, x in corners]
+        tile_hints = [Hint(x + 1, y + 1, "#%02x%02x%02x" % tuple(rgb)) for (y, x), rgb in zip(corners, mean_colours)]
+        guided_outputs.append(colorizer.colorize(tile, size=tile.shape[0], hints=tile_hints,
+                                                 reference=guidance.png_bytes(tile)))  # fmt: skip
+    expected = np.mean([psnr(t, o) for t, o in zip(truth, guided_outputs)])
+    assert by_export["psnr"]["own"]["3"] == pytest.approx(expected)
+    # the run and its export measure the same curve: hints in 8-bit colours are all that differ
+    for name in ("none", "own"):
+        for count in ("0", "3"):
+            assert by_export["psnr"][name][count] == pytest.approx(by_run["psnr"][name][count], abs=0.1)
+
+
+def test_the_hint_curve_of_an_export_refuses_automatic_exports_and_other_patches(guided, exported, tiny_shards,
+                                                                                 capsys):  # fmt: skip
+    assert hints_eval.main([f"--model={exported}", f"--data={tiny_shards}"]) == 2
+    assert "takes no hints" in capsys.readouterr().err
+    assert hints_eval.main([f"--model={guided[0]}", f"--data={tiny_shards}", "--patch=1"]) == 2
+    assert f"a square of {savedmodel.HINT_PATCH} px" in capsys.readouterr().err
+    assert hints_eval.main([f"--model={guided[0].parent}", "--version=7", f"--data={tiny_shards}"]) == 2
+    assert "no version 7" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------
