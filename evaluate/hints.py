@@ -30,8 +30,10 @@ partner, sent as PNG; a reference the export would refuse as gray is left out fo
 photo, and counted), and the result is the export's uint8 RGB.
 
 Writes OUT/hints.json (settings, the gray input's PSNR, the mean PSNR per global hint and
-count) and OUT/hints.png (the curves, with the gray input and any --reference lines),
-both through temporary names. Exit codes: 0 done, 2 bad settings or data.
+count), OUT/hints.png (the curves, with the gray input and any --reference lines) and
+OUT/grid.png (--grid photos spread over the split, a row each: the gray photo with its
+hints marked | no hint | those hints | each global hint alone | the truth), all through
+temporary names. Exit codes: 0 done, 2 bad settings or data.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from export import inference  # noqa: E402
 from export.guidance import MIN_REFERENCE_CHROMA, mean_chroma, png_bytes, shrink  # noqa: E402
 from export.savedmodel import HINT_PATCH  # noqa: E402
 from preprocess import atomic, color, dataset, schema  # noqa: E402
+from preprocess.preview import pairs_grid, save_png  # noqa: E402
 
 GLOBAL_HINTS = ("none", "own", "same_class")
 DEFAULT_POINTS = (0, 1, 2, 5, 10, 20, 50, 100)
@@ -157,21 +160,25 @@ class ExportHints:
         return self.colorizer.colorize_each(truth, truth.shape[1], centres[..., 0], centres[..., 1], colours, references)
 
 
+def hint_patches(count: int, height: int, width: int, points: int, patch: int,
+                 seed: int = 0) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
+    """Where the hints of `count` photos go: (corners [count, points, 2], sides [count, points]).
+    Photo i's are drawn with the stateless seed (seed, i): the same whatever the batch, and the
+    first N of them are the N hints of every count, so counts are nested."""
+    sizes = (patch,) if patch else hints.PATCH_SIZES
+    placed = [hints.sample_patches(tf.constant([seed, i], tf.int64), 1, height, width, points, sizes)
+              for i in range(count)]  # fmt: skip
+    return tf.concat([corner for corner, _ in placed], 0), tf.concat([side for _, side in placed], 0)
+
+
 def psnr_by_points(colorize: RunHints | ExportHints, rgb: np.ndarray, global_hints: dict[str, np.ndarray | None],
                    points: list[int], patch: int, batch_size: int = 50, seed: int = 0) -> dict[str, dict[int, list[float]]]:  # fmt: skip
     """Per-image PSNRs {global hint name: {N: [PSNR per photo]}} of uint8 RGB photos [M, S, S, 3].
 
     global_hints: name -> [M, ...] global hints as `colorize.global_hint` makes them, or None
-    for none. Photo i's hints are the first N of max(points) patches drawn with the stateless
-    seed (seed, i): the same whatever the batch, and nested from one count to the next.
+    for none. Photo i's hints are the first N of `hint_patches`.
     """
-    height, width = rgb.shape[1:3]
-    sizes = (patch,) if patch else hints.PATCH_SIZES
-    placed = [hints.sample_patches(tf.constant([seed, i], tf.int64), 1, height, width, max(points), sizes)
-              for i in range(len(rgb))]  # fmt: skip
-    corners = tf.concat([corner for corner, _ in placed], 0)  # [M, K, 2]
-    sides = tf.concat([side for _, side in placed], 0)  # [M, K]
-
+    corners, sides = hint_patches(len(rgb), *rgb.shape[1:3], max(points), patch, seed)
     scores = {name: {n: [] for n in points} for name in global_hints}
     for start in range(0, len(rgb), batch_size):
         truth = rgb[start:start + batch_size]
@@ -181,6 +188,43 @@ def psnr_by_points(colorize: RunHints | ExportHints, rgb: np.ndarray, global_hin
                 output = colorize(truth, corners[chosen], sides[chosen], n, None if values is None else values[chosen])
                 scores[name][n] += [metrics.psnr(t, o) for t, o in zip(truth, output)]
     return scores
+
+
+def marked_gray(truth: np.ndarray, corners: np.ndarray, sides: np.ndarray) -> np.ndarray:
+    """The gray photo (uint8 RGB [S, S, 3]) with each hint square (corners [K, 2], sides [K]) in the
+    truth's mean colour over it, framed in black so that it shows on any gray: what was given."""
+    gray, _ = color.rgb_to_model(truth)
+    marked = color.model_to_rgb(gray, tf.zeros_like(gray[..., :1]) * tf.zeros([1, 1, 2])).numpy()
+    for (y, x), side in zip(corners, sides):
+        colour = np.round(truth[y:y + side, x:x + side].reshape(-1, 3).mean(0))
+        marked[max(y - 1, 0):y + side + 1, max(x - 1, 0):x + side + 1] = 0
+        marked[y:y + side, x:x + side] = colour
+    return marked
+
+
+def example_grid(colorize: RunHints | ExportHints, rgb: np.ndarray, global_hints: dict[str, np.ndarray | None],
+                 points: list[int], patch: int, count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """A picture of what the curve measures, for `count` of the photos spread over them (so over
+    the classes of a split in class order): (uint8 grid, its column names). Per photo: the gray
+    photo with the hints marked, the colorization with no hint, with those hints, with each
+    global hint and no local one, and the truth; the hints are the largest count of `points`
+    up to 10 (else the smallest above 0)."""
+    shown = max((n for n in points if 0 < n <= 10), default=min((n for n in points if n > 0), default=0))
+    picks = np.unique(np.linspace(0, len(rgb) - 1, min(count, len(rgb))).round().astype(int))
+    corners, sides = hint_patches(len(rgb), *rgb.shape[1:3], max(points), patch, seed)
+    corners, sides = tf.gather(corners, picks), tf.gather(sides, picks)
+    truth = rgb[picks]
+    marked = [marked_gray(t, c[:shown], s[:shown]) for t, c, s in zip(truth, corners.numpy(), sides.numpy())]
+    columns = [np.stack(marked), colorize(truth, corners, sides, 0, None)]
+    names = [f"gray, {shown} hints marked", "no hint"]
+    if shown:
+        columns.append(colorize(truth, corners, sides, shown, None))
+        names.append(f"{shown} hints")
+    for name, values in global_hints.items():
+        if values is not None:
+            columns.append(colorize(truth, corners, sides, 0, values[picks]))
+            names.append(f"global hint: {name}")
+    return pairs_grid([*columns, truth], per_row=1), [*names, "truth"]
 
 
 def plot(results: dict, path: Path, references: dict[str, float]) -> None:
@@ -232,6 +276,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--name", default=None, help="report name (default: hints-<data folder>)")
     add("--out", type=Path, default=Path("reports"), help="where reports go (default: reports)")
     add("--plot", type=Path, default=None, help="also write the plot here (e.g. docs/guided-hints.png)")
+    add("--grid", type=int, default=8, help="photos in OUT/grid.png, a picture of the colorizations (default: 8)")
     add("--reference", action="append", default=[], help="NAME=dB: a horizontal line, e.g. an automatic model's PSNR")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)
@@ -266,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         points, references = _points(args.points), _references(args.reference)
         if args.patch is None:
             args.patch = HINT_PATCH if args.model else 1
-        if not 0 <= args.patch <= 9 or args.batch < 1 or args.limit < 0:
-            raise ConfigError("--patch must be in 0..9, --batch at least 1 and --limit at least 0")
+        if not 0 <= args.patch <= 9 or args.batch < 1 or args.limit < 0 or args.grid < 0:
+            raise ConfigError("--patch must be in 0..9, --batch at least 1, --limit and --grid at least 0")
         if args.model and args.patch != HINT_PATCH:
             raise ConfigError(f"--patch={args.patch}: an export paints every hint as a square of {HINT_PATCH} px")
         if args.model:
@@ -327,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out / "hints.png", references)
     if args.plot:
         plot(results, args.plot, references)
+    if args.grid:
+        grid, columns = example_grid(colorize, truth, global_hints, points, args.patch, args.grid, args.seed)
+        save_png(grid, out / "grid.png")
+        print(f"grid.png, a row per photo: {' | '.join(columns)}")
     width = max(len(name) for name in results["psnr"])
     print(f"{'points':>{width}} " + " ".join(f"{n:>6}" for n in points))
     for name, by_points in results["psnr"].items():

@@ -248,7 +248,25 @@ def test_the_hint_curve_scores_the_photos_make_evaluate_scores(tiny_shards, tmp_
     assert results["gray_psnr"] == pytest.approx(np.mean([psnr(t, g) for t, g in zip(truth, gray_rgb)]), abs=1e-6)
     for path in (tmp_path / "reports" / "t" / "hints.png", tmp_path / "docs" / "h.png"):
         assert Image.open(path).format == "PNG"
-    assert "none" in capsys.readouterr().out
+    # the picture: 5 photos a row each (32 px shown at 96), gray with 2 hints marked | no hint |
+    # 2 hints | the photo's own global hint | truth; its first row's "no hint" is the automatic output
+    grid = np.asarray(Image.open(tmp_path / "reports" / "t" / "grid.png"))
+    assert grid.shape == (5 * 104, 5 * 96 + 8, 3)
+    np.testing.assert_array_equal(grid[4:100:3, 4 + 96:4 + 192:3], automatic[0])
+    np.testing.assert_array_equal(grid[4:100:3, 4 + 4 * 96:4 + 5 * 96:3], truth[0])
+    printed = capsys.readouterr().out
+    assert "none" in printed and "gray, 2 hints marked | no hint | 2 hints | global hint: own | truth" in printed
+
+
+def test_the_grid_marks_each_hint_in_the_truths_colour_on_the_gray_photo():
+    truth = np.zeros((12, 12, 3), np.uint8)
+    truth[2:5, 6:9] = [200, 30, 30]
+    truth[8:10, 1:3] = [[10, 200, 20], [30, 220, 40]]
+    marked = hints_eval.marked_gray(truth, np.array([[2, 6], [8, 1]]), np.array([3, 2]))
+    np.testing.assert_array_equal(marked[2:5, 6:9], np.broadcast_to([200, 30, 30], (3, 3, 3)))
+    np.testing.assert_array_equal(marked[8:10, 1:3], np.broadcast_to([20, 210, 30], (2, 2, 3)))
+    assert not marked[1, 5:10].any() and not marked[5, 5:10].any()  # the black frame around the first
+    assert (marked[0, 0] == marked[0, 0, 0]).all()  # elsewhere gray
 
 
 def test_the_hint_curve_refuses_runs_of_other_models_and_bad_settings(tiny_shards, tmp_path, capsys):
