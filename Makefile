@@ -61,7 +61,7 @@ help:
 	@echo "make bench                speed benchmarks into BENCHMARKS.md"
 	@echo "make bench-beam           make data on Beam's DirectRunner against the local writer, into BENCHMARKS.md"
 	@echo "make pretrained [TINY=<folder with train/<class>/*.JPEG>] [CIFAR=<CIFAR-10 folder>]   the shipped colorizer (~100 min)"
-	@echo "make pretrained-guided [TINY=...] [CIFAR=...]   the shipped guided colorizer (hints, a reference; ~60 min)"
+	@echo "make pretrained-guided [TINY=...] [CIFAR=...]   the shipped guided colorizer (hints, a reference; ~80 min)"
 	@echo "make bench PEER_SRC=... PEER_PYTHON=... [PEER_BENCH=...] [ARGS='--rounds=3 --iters=5 ...']"
 	@echo "                          side by side with the PyTorch references, into BENCHMARKS.md"
 
@@ -116,11 +116,11 @@ PRETRAINED_SHARDS = $(PY) -m preprocess --source='$(PRETRAINED_SOURCE)' --size=6
 	--out='$(PRETRAINED_DATA)'
 # make pretrained-guided: the shipped guided colorizer's recipe (export/pretrained/guided/;
 # its README has the figures): MODEL=guided on make pretrained's photos, at 64 and 32 px in
-# turn, about an hour alone on two cores; its PSNR against the number of hints on 1,000
+# turn, about 80 minutes alone on two cores; its PSNR against the number of hints on 1,000
 # validation photos; the export, in place of the shipped one. Resumes like make pretrained.
 GUIDED_RUN ?= runs/pretrained-guided
-GUIDED_STEPS ?= 20000
-GUIDED_VERSION ?= 1
+GUIDED_STEPS ?= 26000
+GUIDED_VERSION ?= 2
 
 export: $(READY)
 	$(PY) -m export --run='$(RUN)' $(if $(VERSION),--version=$(VERSION)) $(ARGS)
