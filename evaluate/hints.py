@@ -43,6 +43,7 @@ import datetime
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from preprocess.console import quiet_tensorflow  # noqa: E402
@@ -61,7 +62,7 @@ from evaluate import metrics  # noqa: E402
 from models import hints  # noqa: E402
 from models.config import ConfigError  # noqa: E402
 from export import inference  # noqa: E402
-from export.guidance import MIN_REFERENCE_CHROMA, mean_chroma, png_bytes, shrink  # noqa: E402
+from export.guidance import GuidanceError, check_reference, png_bytes  # noqa: E402
 from export.savedmodel import HINT_PATCH  # noqa: E402
 from preprocess import atomic, color, dataset, schema  # noqa: E402
 from preprocess.preview import pairs_grid, save_png  # noqa: E402
@@ -117,12 +118,15 @@ class RunHints:
     gray_references = 0  # a run takes any global hint
 
     def __init__(self, generator, patch_sides: tuple[int, ...]):
-        self.global_hint = lambda photos: hints.global_hint(color.rgb_to_model(photos)[1]).numpy()
         largest = max(patch_sides)
         self._truth_hints = tf.function(lambda *args: hints.patches_of_truth(*args, largest=largest),
                                         reduce_retracing=True)  # fmt: skip
         self._colorize = tf.function(lambda gray, local, global_hint: color.model_to_rgb(
             gray, generator([gray, local, global_hint], training=False)), reduce_retracing=True)  # fmt: skip
+
+    def global_hint(self, photos: np.ndarray) -> np.ndarray:
+        """Reference photos -> their global hints [N, G]."""
+        return hints.global_hint(color.rgb_to_model(photos)[1]).numpy()
 
     def __call__(self, truth: np.ndarray, corners: tf.Tensor, sides: tf.Tensor, count: int,
                  global_hint: np.ndarray | None) -> np.ndarray:  # fmt: skip
@@ -143,31 +147,34 @@ class ExportHints:
         """Reference photos -> their PNG bytes, b"" for one the export would refuse as gray."""
         references = []
         for photo in photos:
-            colourful = mean_chroma(shrink(photo)) >= MIN_REFERENCE_CHROMA
-            self.gray_references += not colourful
-            references.append(png_bytes(photo) if colourful else b"")
+            try:
+                check_reference(photo, "a reference")
+                references.append(png_bytes(photo))
+            except GuidanceError:
+                self.gray_references += 1
+                references.append(b"")
         return np.array(references, dtype=object)
 
     def __call__(self, truth: np.ndarray, corners: tf.Tensor, sides: tf.Tensor, count: int,
                  global_hint: np.ndarray | None) -> np.ndarray:  # fmt: skip
         corners = corners.numpy()[:, :count]  # [B, count, 2]
         side = HINT_PATCH
-        squares = np.stack([np.stack([photo[y:y + side, x:x + side].reshape(-1, 3).mean(0) for y, x in photo_corners])
-                            if count else np.zeros((0, 3)) for photo, photo_corners in zip(truth, corners)])  # fmt: skip
-        colours = [["#%02x%02x%02x" % tuple(rgb) for rgb in photo] for photo in np.round(squares).astype(int)]
+        colours = [["#%02x%02x%02x" % tuple(np.round(photo[y:y + side, x:x + side].reshape(-1, 3).mean(0)).astype(int))
+                    for y, x in photo_corners] for photo, photo_corners in zip(truth, corners)]  # fmt: skip
         centres = corners + (side - 1) // 2
         references = [b""] * len(truth) if global_hint is None else list(global_hint)
-        return self.colorizer.colorize_each(truth, truth.shape[1], centres[..., 0], centres[..., 1], colours, references)
+        working_size = truth.shape[1]  # each photo at its own size, as for a run
+        return self.colorizer.colorize_each(truth, working_size, centres[..., 0], centres[..., 1], colours, references)
 
 
-def hint_patches(count: int, height: int, width: int, points: int, patch: int,
+def hint_patches(photos: Iterable[int], height: int, width: int, points: int, patch: int,
                  seed: int = 0) -> tuple[tf.Tensor, tf.Tensor]:  # fmt: skip
-    """Where the hints of `count` photos go: (corners [count, points, 2], sides [count, points]).
+    """Where the hints of the photos numbered `photos` go: (corners [M, points, 2], sides [M, points]).
     Photo i's are drawn with the stateless seed (seed, i): the same whatever the batch, and the
     first N of them are the N hints of every count, so counts are nested."""
     sizes = (patch,) if patch else hints.PATCH_SIZES
-    placed = [hints.sample_patches(tf.constant([seed, i], tf.int64), 1, height, width, points, sizes)
-              for i in range(count)]  # fmt: skip
+    placed = [hints.sample_patches(tf.constant([seed, int(i)], tf.int64), 1, height, width, points, sizes)
+              for i in photos]  # fmt: skip
     return tf.concat([corner for corner, _ in placed], 0), tf.concat([side for _, side in placed], 0)
 
 
@@ -178,7 +185,7 @@ def psnr_by_points(colorize: RunHints | ExportHints, rgb: np.ndarray, global_hin
     global_hints: name -> [M, ...] global hints as `colorize.global_hint` makes them, or None
     for none. Photo i's hints are the first N of `hint_patches`.
     """
-    corners, sides = hint_patches(len(rgb), *rgb.shape[1:3], max(points), patch, seed)
+    corners, sides = hint_patches(range(len(rgb)), *rgb.shape[1:3], max(points), patch, seed)
     scores = {name: {n: [] for n in points} for name in global_hints}
     for start in range(0, len(rgb), batch_size):
         truth = rgb[start:start + batch_size]
@@ -194,7 +201,7 @@ def marked_gray(truth: np.ndarray, corners: np.ndarray, sides: np.ndarray) -> np
     """The gray photo (uint8 RGB [S, S, 3]) with each hint square (corners [K, 2], sides [K]) in the
     truth's mean colour over it, framed in black so that it shows on any gray: what was given."""
     gray, _ = color.rgb_to_model(truth)
-    marked = color.model_to_rgb(gray, tf.zeros_like(gray[..., :1]) * tf.zeros([1, 1, 2])).numpy()
+    marked = color.model_to_rgb(gray, tf.zeros(truth.shape[:2] + (2,))).numpy()
     for (y, x), side in zip(corners, sides):
         colour = np.round(truth[y:y + side, x:x + side].reshape(-1, 3).mean(0))
         marked[max(y - 1, 0):y + side + 1, max(x - 1, 0):x + side + 1] = 0
@@ -211,8 +218,7 @@ def example_grid(colorize: RunHints | ExportHints, rgb: np.ndarray, global_hints
     up to 10 (else the smallest above 0)."""
     shown = max((n for n in points if 0 < n <= 10), default=min((n for n in points if n > 0), default=0))
     picks = np.unique(np.linspace(0, len(rgb) - 1, min(count, len(rgb))).round().astype(int))
-    corners, sides = hint_patches(len(rgb), *rgb.shape[1:3], max(points), patch, seed)
-    corners, sides = tf.gather(corners, picks), tf.gather(sides, picks)
+    corners, sides = hint_patches(picks, *rgb.shape[1:3], max(points), patch, seed)
     truth = rgb[picks]
     marked = [marked_gray(t, c[:shown], s[:shown]) for t, c, s in zip(truth, corners.numpy(), sides.numpy())]
     columns = [np.stack(marked), colorize(truth, corners, sides, 0, None)]

@@ -368,6 +368,17 @@ def test_the_hint_curve_of_an_export_is_what_its_signature_gives_a_user(guided, 
             assert by_export["psnr"][name][count] == pytest.approx(by_run["psnr"][name][count], abs=0.1)
 
 
+def test_the_hint_curve_of_an_export_sends_no_reference_for_a_gray_photo_and_counts_it(colorizer):
+    measure = hints_eval.ExportHints(colorizer)
+    gray_photo = np.repeat(photo(16, 16, seed=2)[..., :1], 3, axis=-1)
+    references = measure.global_hint(np.stack([reference_photo()[:16, 12:28], gray_photo]))
+    assert references[0] == guidance.png_bytes(reference_photo()[:16, 12:28]) and references[1] == b""
+    assert measure.gray_references == 1
+    corners, sides = hints_eval.hint_patches(range(2), 16, 16, 2, savedmodel.HINT_PATCH)
+    output = measure(np.stack([reference_photo()[:16, 12:28], gray_photo]), corners, sides, 2, references)
+    assert output.shape == (2, 16, 16, 3) and output.dtype == np.uint8  # the export took both
+
+
 def test_the_hint_curve_of_an_export_refuses_automatic_exports_and_other_patches(guided, exported, tiny_shards,
                                                                                  capsys):  # fmt: skip
     assert hints_eval.main([f"--model={exported}", f"--data={tiny_shards}"]) == 2
