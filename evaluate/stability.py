@@ -5,13 +5,14 @@
     python -m evaluate.stability --score colorized/film.mp4 colorized/frames/   # already colorized
 
 The score of a colour sequence is the mean ab change between consecutive frames, in Lab
-units, over the pixels whose lightness barely changed (|dL| < STILL_LIGHTNESS): where the
-scene holds still, its colours should too, and any change there is flicker. Lower is
-steadier; 0 is a sequence whose still pixels never change colour. Pixels that moved or
-changed light are left out, since their colour may rightly change. Comparing colorizations
-of one source, "still" is judged on the source's L, so every colorization is scored on the
-same pixels (a colorization keeps the source's L, except where a colour out of the sRGB
-gamut is clipped). A gray
+units, over the pixels whose lightness barely changed: where the scene holds still, its
+colours should too, and any change there is flicker. Lower is steadier; 0 is a sequence
+whose still pixels never change colour. Pixels that moved or changed light are left out,
+since their colour may rightly change. Comparing colorizations of one source, "still" is
+judged on the source's L, so every colorization is scored on the same pixels: those whose
+gray value did not change (|dL| < SOURCE_STILL_LIGHTNESS). A sequence scored as it is is
+judged on its own L, within STILL_LIGHTNESS (about five gray levels), since 8-bit rounding
+moves a colorization's L a little with its colour. A gray
 sequence is perfectly steady, so the score is printed beside the mean chroma sqrt(a^2 + b^2)
 of the frames: steadiness bought with dullness shows there.
 
@@ -50,8 +51,17 @@ from export.steady import DEFAULT_STRENGTH, Steadier, camera_shift, strength_arg
 from evaluate.metrics import psnr  # noqa: E402
 from preprocess import atomic, color  # noqa: E402
 
-# |dL| (L in 0..100) under which a pixel counts as still: about 5 gray levels at mid-gray,
-# above the jitter of uint8 rounding and video compression on a static shot, far below an edge moving past.
+# |dL| (L in 0..100) under which a pixel counts as still when colorizations of one source are
+# compared, judged on the source's L: under the smallest step between two 8-bit gray levels
+# (0.27), so a pixel of a gray source is still when its value did not change. Only then do the
+# true colours of a static shot score 0, as a measure of flicker must: at 2 (the earlier
+# default) they scored 0.17 to 0.45 on BENCHMARKS.md's grainy static films, as much as the
+# flicker measured, because one colour over each frame's own grain, rounded to 8-bit RGB, has a
+# slightly different ab every frame.
+SOURCE_STILL_LIGHTNESS = 0.1
+# The same for a sequence scored as it is (--score), on its own L: a colorization's L moves
+# with its colour by up to half a gray level (8-bit rounding), so a tighter bound would leave
+# out the very pixels whose colour flickers; about five gray levels at mid-gray.
 STILL_LIGHTNESS = 2.0
 
 
@@ -151,7 +161,7 @@ WAYS = {
 
 
 def compare(colorizer, source: Path, hints: list, reference: bytes, size: int | None = None,
-            still_lightness: float = STILL_LIGHTNESS, batch_frames: int = 16, steady: float = DEFAULT_STRENGTH,
+            still_lightness: float = SOURCE_STILL_LIGHTNESS, batch_frames: int = 16, steady: float = DEFAULT_STRENGTH,
             truth: Path | None = None, follow_camera: bool = False) -> dict[str, Stability]:  # fmt: skip
     """Colorize a sequence frame by frame ("automatic") and guided ("guided", with `hints` and the
     encoded `reference`), each also with its colours carried by `export.steady.Steadier(steady)`
@@ -207,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     add("--truth", type=Path, nargs="+", default=None, metavar="TRUTH",
         help="the true colour frames of each SEQUENCE, in the same order: also score the error against them")
     add("--score", action="store_true", help="score the SEQUENCEs as they are (already colorized)")
-    add("--still-lightness", type=float, default=STILL_LIGHTNESS,
-        help=f"|dL| under which a pixel counts as still (default: {STILL_LIGHTNESS:g})")
+    add("--still-lightness", type=float, default=None,
+        help=f"|dL| under which a pixel counts as still (default: {SOURCE_STILL_LIGHTNESS:g} on the source's L "
+             f"with --model, {STILL_LIGHTNESS:g} on the frames' own with --score)")
     add("--follow-camera", action="store_true",
         help="compare each frame with the one before moved by the camera's shift (pans)")
     add("--json", type=Path, default=None, help="also write the scores here")
@@ -220,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model needs --reference and/or --hints for the guided colorization")
     if args.truth is not None and (args.score or len(args.truth) != len(args.sequences)):
         parser.error(f"--truth takes one colour sequence per SEQUENCE ({len(args.sequences)}), with --model")
+    if args.still_lightness is None:
+        args.still_lightness = STILL_LIGHTNESS if args.score else SOURCE_STILL_LIGHTNESS
 
     results: dict[str, dict] = {}
     try:

@@ -315,9 +315,10 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, coloriz
                            str(tmp_path / "hints.json"), f"--json={scores}", str(tmp_path / "reel")]) == 0  # fmt: skip
     result = json.loads(scores.read_text())[str(tmp_path / "reel")]
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
-    alone, guided_score, carried_score = stability.Stability(), stability.Stability(), stability.Stability()
+    # still pixels: those whose source value did not change (judged on the source frame's L, for all)
+    alone, guided_score, carried_score = (stability.Stability(stability.SOURCE_STILL_LIGHTNESS) for _ in range(3))
     carried = steady.Steadier(steady.DEFAULT_STRENGTH)
-    for frame in frames:  # still pixels judged on the source frame's L, for all
+    for frame in frames:
         lightness = color.rgb_to_lab(frame).numpy()[..., 0]
         alone.add(colorizer.colorize(frame), lightness)
         guided_frame = colorizer.colorize(frame, hints=HINTS[:1], reference=reference)

@@ -64,6 +64,38 @@ def test_still_pixels_keep_their_colour_and_flicker_falls_as_an_exponential_aver
     assert last_flip == pytest.approx(40.3 * 0.2 / 1.8, abs=0.3)
 
 
+def test_a_still_pixel_keeps_its_code_until_its_colour_has_moved_a_level_and_then_follows():
+    """A still shot whose colorization wobbles by a fraction of a level each frame, then drifts
+    for good: the carried output keeps each pixel's 8-bit code through the wobble (rounding the
+    carried colour anew would flip codes, and ab with them, now and then), stays within a level
+    of the exact carried colour in every channel, and follows the drift."""
+    lightness = texture(SIDE, SIDE, seed=3)
+    source = gray(lightness)
+    rng = np.random.default_rng(0)
+    wobble = [np.array([20.0, 10.0]) + rng.normal(0.0, 0.4, (SIDE, SIDE, 2)) for _ in range(12)]
+    drift = [np.array([20.0 + 1.5 * step, 10.0]) for step in range(1, 13)]
+    frames = [lab_frame(lightness, ab) for ab in wobble + drift]
+    carried = steady.Steadier(0.8)
+    outputs = [carried(source, frame) for frame in frames]
+
+    exact, rounded = ab_of(frames[0]), [frames[0]]  # the recurrence with dL = 0: weight = strength
+    for frame, output in zip(frames[1:], outputs[1:]):
+        frame_lab = color.rgb_to_lab(frame).numpy()
+        exact = 0.8 * exact + 0.2 * frame_lab[..., 1:]
+        exact_rgb = color.lab_to_rgb(np.concatenate([frame_lab[..., :1], exact], -1)).numpy() * 255.0
+        assert np.abs(exact_rgb - output).max() < 1.0 + 1e-3
+        rounded.append(np.round(exact_rgb))
+
+    def codes_changed(sequence: list[np.ndarray]) -> float:
+        """The largest share of pixels whose code changed from one wobbling frame to the next, once settled."""
+        return max(np.any(after != before, axis=-1).mean() for before, after in zip(sequence[4:11], sequence[5:12]))
+
+    assert codes_changed(rounded) > 0.3
+    assert codes_changed(outputs) < 0.1
+    np.testing.assert_allclose(ab_of(outputs[-1]).mean((0, 1)), exact.mean((0, 1)), atol=0.5)
+    assert ab_of(outputs[-1]).mean((0, 1))[0] > 30.0  # it followed: 20 + 1.5 x 12 with lag
+
+
 def test_pixels_whose_lightness_changed_take_the_new_frame_s_colour():
     """A bright square moves over a still textured background: where it arrives and where it
     left, the output is the new colorization (within a gray level); the background is carried."""
