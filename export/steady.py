@@ -31,8 +31,9 @@ neighbouring codes now and then, and a flip of one level in one channel moves ab
 from the 8-bit output where the carried colours moved by 0.10). So a pixel keeps its
 previous output code while the exact blended colour stays within KEEP_WITHIN of it in every
 channel (hysteresis: a quantizer that holds its output until the input has moved past a
-margin), and takes the rounded new colour once it has moved further: the output never strays from the exact
-colour by more than KEEP_WITHIN of a level, where rounding allows half of one.
+margin), and takes the rounded new colour once it has moved further: the output never
+strays from the exact colour by more than KEEP_WITHIN of a level, where rounding allows half
+of one.
 
 The camera's shift is one translation per frame, found by phase correlation of the two
 frames' L (Kuglin and Hines 1975) and kept only when it lowers the mean |dL| against no shift:
