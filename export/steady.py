@@ -213,6 +213,6 @@ class Steadier:
                 self.cuts += 1
         rgb, ab = blend(np.asarray(colour, np.uint8), lightness, carried_ab, carried_lightness, carried_rgb, valid,
                         np.float32(self.strength), np.float32(self.lightness_scale))  # fmt: skip
-        output = np.asarray(colour, np.uint8) if first else rgb.numpy()
-        self._lightness, self._ab, self._rgb = lightness, ab.numpy(), output
-        return colour if first else output
+        output = colour if first else rgb.numpy()
+        self._lightness, self._ab, self._rgb = lightness, ab.numpy(), np.asarray(output, np.uint8)
+        return output
