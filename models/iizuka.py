@@ -86,6 +86,13 @@ class Resize(keras.layers.Layer):
     def call(self, x: tf.Tensor, like: tf.Tensor | None = None) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
         size = tf.constant([self.size, self.size]) if like is None else tf.shape(like)[1:3]
+        static_size = (self.size, self.size) if like is None else tuple(like.shape[1:3])
+        if None not in static_size and None not in tuple(x.shape[1:3]):
+            # Chosen when traced where the sides are known, as in training on fixed-size tiles:
+            # a graph conditional would keep XLA from compiling the step (it has no antialiased
+            # resize, even in the branch not taken) and is one more call per resize.
+            enlarges = all(new >= old for new, old in zip(static_size, x.shape[1:3]))
+            return tf.cast(tf.image.resize(x, size, method="bilinear", antialias=not enlarges), self.compute_dtype)
         resized = tf.cond(
             tf.reduce_all(size >= tf.shape(x)[1:3]),
             lambda: tf.image.resize(x, size, method="bilinear"),

@@ -30,13 +30,17 @@ NO_LABELS_MESSAGE = "iizuka: the shards carry no class labels; training without 
 def labelled_shards(tmp_path_factory):
     """train (24) and val (8) splits of 32x32 tiles labelled by their dominant colour, with a manifest
     as `make data` writes it (label names, ab prior); every fourth tile has no label (-1)."""
-    out = tmp_path_factory.mktemp("labelled_shards")
+    return _write_labelled_shards(tmp_path_factory.mktemp("labelled_shards"), 32)
+
+
+def _write_labelled_shards(out, size: int):
+    out.mkdir(exist_ok=True)
     rng = np.random.default_rng(1)
     tints = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [128, 128, 128]], np.float32)
     splits, counts = {}, np.zeros(len(color.ab_bins()), np.int64)
     for split, count in {"train": 24, "val": 8}.items():
         labels = np.arange(count) % len(CLASSES)
-        tiles = np.clip(tints[labels, None, None, :] + rng.normal(0, 25, (count, 32, 32, 3)), 0, 255).astype(np.uint8)
+        tiles = np.clip(tints[labels, None, None, :] + rng.normal(0, 25, (count, size, size, 3)), 0, 255).astype(np.uint8)
         name = schema.shard_name(split, 0, 1)
         with tf.io.TFRecordWriter(str(out / name)) as writer:
             for number, (tile, label) in enumerate(zip(tiles, labels)):
@@ -44,7 +48,7 @@ def labelled_shards(tmp_path_factory):
         splits[split] = {"shards": [name], "tiles": count}
         if split == "train":
             counts += color.ab_histogram(color.rgb_to_lab(tiles)[..., 1:].numpy())
-    manifest = {"schema_version": schema.SCHEMA_VERSION, "splits": splits, "options": {"size": 32, "compression": None},
+    manifest = {"schema_version": schema.SCHEMA_VERSION, "splits": splits, "options": {"size": size, "compression": None},
                 "label_names": list(CLASSES), "ab_prior": {"counts": counts.tolist()}}  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
@@ -217,3 +221,24 @@ def test_the_resize_antialiases_when_it_shrinks_and_is_plain_bilinear_when_it_en
     np.testing.assert_allclose(resized.numpy(), expected.numpy(), atol=1e-5)
     like = tf.zeros([2, target, target, 1])
     np.testing.assert_allclose(tf.function(iizuka.Resize())(images, like=like).numpy(), expected.numpy(), atol=1e-5)
+    # sides unknown when traced (a SavedModel's signature): chosen in the graph
+    any_sides = tf.TensorSpec([None, None, None, None], tf.float32)
+    in_graph = tf.function(iizuka.Resize(target), input_signature=[any_sides])
+    np.testing.assert_allclose(in_graph(images).numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_the_32_px_preset_compiles_with_xla_and_a_step_it_cannot_compile_exits_2_naming_the_op(
+        labelled_shards, tmp_path, capsys):  # fmt: skip
+    common = ["--model=iizuka", "--base_width=4", "--batch_size=4", "--steps=1", "--jit_compile"]
+    # both resizes enlarge at 32 px (the global view to 64 px): plain bilinear, which XLA has
+    assert main([*common, f"--data={labelled_shards}", f"--run={tmp_path / 'enlarges'}", "--global_size=64"]) == 0
+    assert (tmp_path / "enlarges" / "ckpt" / "ckpt-1.index").exists()
+
+    # 64 px photos shrunk to a 32 px global view: antialiased, which XLA has no kernel for
+    large = _write_labelled_shards(tmp_path / "large", 64)
+    capsys.readouterr()
+    assert main([*common, f"--data={large}", f"--run={tmp_path / 'shrinks'}", "--global_size=32"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("make train: --jit_compile: XLA cannot compile iizuka's training step, it has no kernel "
+                            "for ScaleAndTranslate; train without --jit_compile")  # fmt: skip

@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import signal
 import tempfile
 import threading
@@ -283,7 +284,31 @@ def build(model: str, model_config, train: TrainConfig, total_steps: int | None 
 
     if not train.eager:
         train_step = tf.function(train_step, jit_compile=train.jit_compile)
+        if train.jit_compile:
+            train_step = _refusing_what_xla_cannot_compile(train_step, model)
     return Training(strategy, networks, optimizers, state, checkpoint, train_step, stop)
+
+
+# XLA names the first operation it has no kernel for: "... on XLA_CPU_JIT: ScaleAndTranslate (No registered ...".
+_XLA_UNSUPPORTED = re.compile(r"Detected unsupported operations when trying to compile graph \S* on XLA_\w+: (\w+)")
+
+
+def _refusing_what_xla_cannot_compile(train_step: Callable, model: str) -> Callable:
+    """`train_step`, whose XLA compile failure (when first called, or retraced for a new
+    size) is a ConfigError naming the operation instead of a page of graph dump."""
+
+    @functools.wraps(train_step)
+    def compiled_step(batch):
+        try:
+            return train_step(batch)
+        except tf.errors.InvalidArgumentError as error:
+            unsupported = _XLA_UNSUPPORTED.search(error.message)
+            if unsupported is None:
+                raise
+            raise ConfigError(f"--jit_compile: XLA cannot compile {model}'s training step, it has no kernel for "
+                              f"{unsupported.group(1)}; train without --jit_compile") from None  # fmt: skip
+
+    return compiled_step
 
 
 def synchronize_batch_norm(networks: dict[str, keras.Model]) -> None:
