@@ -173,8 +173,8 @@ def timed(step: Callable[[], object], batch: int, iters: int, warmup: int) -> di
 
 def time_project(kind: str, model: str, size: int, batch: int, precision: str, iters: int, warmup: int) -> dict:
     """Run in a fresh process: a train step as `python -m train` runs it, or the generator's
-    forward pass as the export calls it (inside a tf.function, inference mode), at the
-    model's preset for `size` under `precision`."""
+    forward pass as the export calls it (its weights frozen into the graph, inside a
+    tf.function), at the model's preset for `size` under `precision`."""
     if kind == "train":
         with synthetic_training(model, size, batch, precision) as (training, data):
             return timed(lambda: wait(training.train_step(data)), batch, iters, warmup)
@@ -182,6 +182,7 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
     import tensorflow as tf
 
     import models
+    from export.savedmodel import FrozenWeights
     from models.config import override
     from train import loop
     from train.config import TrainConfig
@@ -189,8 +190,9 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
     entry = models.get(model)
     with loop.runtime(TrainConfig(precision=precision)):
         generator = models.build(model, override(entry.config(), entry.presets[size]))["generator"]
-        forward = tf.function(lambda gray: generator(gray, training=False))
         gray = tf.random.Generator.from_seed(0).uniform([batch, size, size, 1], -1, 1)
+        frozen = FrozenWeights(generator, [gray])
+        forward = tf.function(lambda gray: frozen(gray))
         return timed(lambda: forward(gray).numpy(), batch, iters, warmup)
 
 
