@@ -430,8 +430,7 @@ class FrozenWeights:
         self._frozen = {}
         for inputs in examples:
             several = isinstance(inputs, (list, tuple))
-            flat = list(inputs) if several else [inputs]
-            specs = [tf.TensorSpec([None] * x.shape.rank, x.dtype) for x in flat]
+            specs = [tf.TensorSpec([None] * x.shape.rank, x.dtype) for x in _flat(inputs)]
             forward = tf.function(lambda *given, several=several: generator(list(given) if several else given[0],
                                                                              training=False))  # fmt: skip
             traced = forward.get_concrete_function(*specs)
@@ -443,13 +442,15 @@ class FrozenWeights:
         if _input_form(inputs) not in self._frozen:
             raise ValueError(f"no frozen graph for inputs {_input_form(inputs)}; frozen: {list(self._frozen)}")
         frozen, structure = self._frozen[_input_form(inputs)]
-        flat = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        return tf.nest.pack_sequence_as(structure, frozen(*flat))  # it returns a flat list
+        return tf.nest.pack_sequence_as(structure, frozen(*_flat(inputs)))  # it returns a flat list
+
+
+def _flat(inputs) -> list[tf.Tensor]:
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
 
 
 def _input_form(inputs) -> tuple:
-    flat = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    return isinstance(inputs, (list, tuple)), tuple((x.shape.rank, x.dtype.name) for x in flat)
+    return isinstance(inputs, (list, tuple)), tuple((x.shape.rank, x.dtype.name) for x in _flat(inputs))
 
 
 def generator_inputs(temperature: bool, hints: bool) -> list[tf.Tensor | list[tf.Tensor]]:
