@@ -172,5 +172,8 @@ def test_the_export_picks_the_set_by_the_photos_size(model, tmp_path, monkeypatc
         unet.copy_first_statistics(generator)
     moved, same = (Colorizer(tmp_path / "exports" / model, version=version) for version in (1, 2))
     large, small = photo(32, 32), photo(16, 16)
-    np.testing.assert_array_equal(moved.colorize(large), same.colorize(large))
+    # The two graphs differ only in the small photos' constants; the runtime optimises each
+    # frozen graph on its own, which once left one value of 3,072 a level apart on a fresh clone.
+    large_difference = np.abs(moved.colorize(large).astype(int) - same.colorize(large))
+    assert large_difference.max() <= 1 and np.count_nonzero(large_difference) <= 3
     assert np.abs(moved.colorize(small).astype(int) - same.colorize(small)).max() > 3
