@@ -439,9 +439,10 @@ class FrozenWeights:
     def __call__(self, inputs, training: bool = False):
         if training:
             raise ValueError("a frozen generator runs in inference mode only")
-        if _input_form(inputs) not in self._frozen:
-            raise ValueError(f"no frozen graph for inputs {_input_form(inputs)}; frozen: {list(self._frozen)}")
-        frozen, structure = self._frozen[_input_form(inputs)]
+        form = _input_form(inputs)
+        if form not in self._frozen:
+            raise ValueError(f"no frozen graph for inputs {form}; frozen: {list(self._frozen)}")
+        frozen, structure = self._frozen[form]
         return tf.nest.pack_sequence_as(structure, frozen(*_flat(inputs)))  # it returns a flat list
 
 
@@ -478,8 +479,8 @@ def write(generator: keras.Model, path: str | Path, working_size: int, stride: i
         generator = KernelsStoredInBfloat16(generator)
     generator = FrozenWeights(generator, generator_inputs(temperature, hints))
     archive = keras.export.ExportArchive()
-    # No archive.track(generator): the endpoints capture its variables, and tracking them too
-    # stores every weight twice (keras-team/keras#23553: twice the size, twice the memory
+    # No archive.track(generator): the endpoints hold its weights as constants, and tracking it
+    # would store its variables as well (keras-team/keras#23553: twice the size, twice the memory
     # in TF Serving).
     functions = _signature_functions(generator, working_size, stride, max_pixels)
     for name, specs in input_specs(temperature, hints).items():
