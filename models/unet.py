@@ -151,6 +151,59 @@ def _filter_gradient(inputs: tf.Tensor, kernel_shape: tf.Tensor, out_backprop: t
     return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding)
 
 
+# oneDNN's transposed convolution is slow where it has little to work on: at batch 1 in
+# bf16, 3-5x slower than `_transpose_by_phases` on the 1x1 to 8x8 inputs of the pix2pix
+# decoder (its 16 MB kernels read at 4-7 GB/s), and 1.6-2.5x slower on the output layer's
+# 2 channels at every size; from 32x32 inputs on, the phases are 5-25% slower. The
+# generator at 256 px, batch 1, frozen as the export runs it: 14-18 images/s before, 23-28
+# with the phases up to this many input positions and for outputs of up to 3 channels
+# (float32: 6.8-7.0 against 10.8-13.1); training steps are unchanged (BENCHMARKS.md,
+# "Transposed convolutions by phases").
+PHASED_TRANSPOSE_POSITIONS = 1024
+PHASED_TRANSPOSE_CHANNELS = 3
+
+
+def _transpose_by_phases(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """tf.nn.conv2d_transpose(inputs, kernel, stride 2, SAME) for a 4x4 `kernel` [4, 4, out, in],
+    computed as one stride-1 2x2 convolution that gives each of the four output phases
+    (even or odd row, even or odd column) its own channels, which are then interleaved."""
+    shape = tf.shape(inputs)
+    out_channels = kernel.shape[2]
+    # Output row 2m takes input rows m-1, m through kernel rows 3, 1; row 2m+1 takes rows
+    # m, m+1 through kernel rows 2, 0: in the flipped kernel, phase r's tap t is row 2t + r.
+    taps = tf.reshape(tf.reverse(kernel, [0, 1]), [2, 2, 2, 2, out_channels, -1])  # [ty, ry, tx, rx, out, in]
+    taps = tf.reshape(tf.transpose(taps, [0, 2, 5, 1, 3, 4]), [2, 2, -1, 4 * out_channels])  # [ty, tx, in, 4 out]
+    phases = tf.nn.conv2d(tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]]), taps, 1, "VALID")  # [B, H+1, W+1, 4 out]
+    rows = []
+    for row in range(2):
+        columns = [phases[:, row:row + shape[1], column:column + shape[2],
+                          (2 * row + column) * out_channels:(2 * row + column + 1) * out_channels]
+                   for column in range(2)]  # fmt: skip
+        rows.append(tf.stack(columns, axis=3))  # [B, H, W, 2, out]
+    return tf.reshape(tf.stack(rows, axis=2), [shape[0], 2 * shape[1], 2 * shape[2], out_channels])
+
+
+def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, strides: list[int],
+               padding: str) -> tf.Tensor:  # fmt: skip
+    """tf.nn.conv2d_transpose, by `_transpose_by_phases` where that is faster; with the input's
+    size unknown when traced (the export's signatures), chosen in the graph at each call."""
+
+    def plain():
+        return tf.nn.conv2d_transpose(inputs, kernel, output_shape, strides, padding)
+
+    def by_phases():
+        return _transpose_by_phases(inputs, kernel)
+
+    if tuple(kernel.shape[:2]) != (4, 4) or list(strides) != [1, 2, 2, 1] or padding != "SAME":
+        return plain()
+    if kernel.shape[2] <= PHASED_TRANSPOSE_CHANNELS:
+        return by_phases()
+    if inputs.shape[:3].is_fully_defined():
+        return by_phases() if inputs.shape[:3].num_elements() <= PHASED_TRANSPOSE_POSITIONS else plain()
+    shape = tf.shape(inputs)
+    return tf.cond(shape[0] * shape[1] * shape[2] <= PHASED_TRANSPOSE_POSITIONS, by_phases, plain)
+
+
 def _plain(layer: keras.layers.Layer) -> bool:
     """A 2-D convolution the custom gradient below covers: NHWC, no dilation or groups."""
     return (layer.data_format == "channels_last" and tuple(layer.dilation_rate) == (1, 1)
@@ -158,17 +211,17 @@ def _plain(layer: keras.layers.Layer) -> bool:
 
 
 def _convolution(layer: keras.layers.Layer, inputs: tf.Tensor, output_shape: tf.Tensor | None = None) -> tf.Tensor:
-    """`layer`'s convolution (transposed with `output_shape`) and bias, with TensorFlow's own
-    kernels both ways except the weight gradient (`_filter_gradient`) and the bias gradient,
-    summed in float32: a bf16 sum over a few thousand positions was 13% off, where Keras's
-    graph gets a fused kernel that accumulates in float32."""
+    """`layer`'s convolution (transposed with `output_shape`, by `_transpose`) and bias, with
+    TensorFlow's own kernels both ways except the weight gradient (`_filter_gradient`) and
+    the bias gradient, summed in float32: a bf16 sum over a few thousand positions was 13%
+    off, where Keras's graph gets a fused kernel that accumulates in float32."""
     strides, padding = [1, *layer.strides, 1], layer.padding.upper()
     kernel = tf.convert_to_tensor(layer.kernel)
 
     def forward(inputs, kernel):
         if output_shape is None:
             return tf.nn.conv2d(inputs, kernel, strides, padding)
-        return tf.nn.conv2d_transpose(inputs, kernel, output_shape, strides, padding)
+        return _transpose(inputs, kernel, output_shape, strides, padding)
 
     def backward(inputs, kernel, out_backprop):
         if output_shape is None:

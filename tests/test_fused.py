@@ -144,3 +144,36 @@ def test_convolutions_compute_what_keras_computes_in_float32(policy, project_lay
     else:
         expected = "float32" if positions <= unet.FLOAT32_WEIGHT_GRADIENT_POSITIONS else "bfloat16"
         assert our_dtypes == {expected}, f"{positions} positions"
+
+
+def _graph_ops(function: tf.types.experimental.ConcreteFunction) -> set[str]:
+    graph = function.graph.as_graph_def()
+    nodes = list(graph.node) + [node for library in graph.library.function for node in library.node_def]
+    return {node.op for node in nodes}
+
+
+@pytest.mark.parametrize(
+    "shape, filters, route",
+    [
+        ((1, 4, 4, 8), 6, "phases"),  # 16 positions
+        ((2, 3, 5, 8), 6, "phases"),  # non-square, batch 2
+        ((5, 16, 16, 8), 6, "transposed"),  # 1,280 positions
+        ((5, 16, 16, 8), 2, "phases"),  # an output layer's few channels, at any size
+    ],
+)
+def test_transposed_convolutions_take_the_faster_route_and_compute_the_same(shape, filters, route):
+    """Small inputs and few output channels go through `_transpose_by_phases`, which must
+    give TensorFlow's transposed convolution, and so must the choice made in the graph
+    when the sizes are only known at run time (the export's signatures)."""
+    layer = unet.Conv2DTranspose(filters, 4, strides=2, padding="same", use_bias=False)
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    layer.build(images.shape)
+    layer.kernel.assign(np.random.default_rng(1).normal(0.0, 0.2, layer.kernel.shape))
+    expected = tf.nn.conv2d_transpose(images, layer.kernel, [shape[0], 2 * shape[1], 2 * shape[2], filters], 2, "SAME")
+
+    known = tf.function(lambda images: layer(images)).get_concrete_function(tf.TensorSpec(shape))
+    np.testing.assert_allclose(known(images).numpy(), expected.numpy(), atol=1e-5)
+    assert ("Conv2DBackpropInput" in _graph_ops(known)) == (route == "transposed")
+
+    unknown = tf.function(lambda images: layer(images)).get_concrete_function(tf.TensorSpec([None, None, None, 8]))
+    np.testing.assert_allclose(unknown(images).numpy(), expected.numpy(), atol=1e-5)

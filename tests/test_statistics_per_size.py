@@ -128,7 +128,10 @@ def test_photos_use_the_set_of_the_nearest_side_and_a_one_set_checkpoint_starts_
     traced = tf.function(lambda gray: generator(gray), input_signature=[tf.TensorSpec([None, None, None, 1])])
     for side, gray in photos.items():
         for call in (generator, traced):  # one trace serves every size: the set is chosen as it runs
-            np.testing.assert_allclose(call(gray), expected[1 if side <= 40 else 0][side], atol=1e-4,
+            # A wrong set is off by up to 2 on a quarter of the values or more. A traced graph
+            # rounds the transposed convolutions' phases (unet._transpose) differently from
+            # op-by-op calls, and guided's deep network, with these kernels, magnifies that to 2e-3.
+            np.testing.assert_allclose(call(gray), expected[1 if side <= 40 else 0][side], atol=1e-2,
                                        err_msg=f"{side} px")  # fmt: skip
 
     # a checkpoint from before the sets (a fine-tune's source) starts each as a copy of its one set
