@@ -186,7 +186,8 @@ def _transpose_by_phases(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, strides: list[int],
                padding: str) -> tf.Tensor:  # fmt: skip
     """tf.nn.conv2d_transpose, by `_transpose_by_phases` where that is faster; with the input's
-    size unknown when traced (the export's signatures), chosen in the graph at each call."""
+    size unknown when traced (the export's signatures), chosen in the graph at each call.
+    `output_shape` must be what Conv2DTranspose gives: with SAME padding, twice the input's sides."""
 
     def plain():
         return tf.nn.conv2d_transpose(inputs, kernel, output_shape, strides, padding)
