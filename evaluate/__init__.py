@@ -6,3 +6,5 @@ classifier and the report.
     report.py      `evaluate(models, images, out_dir, ...)`: baseline + models -> reports/<name>/
     stability.py   how steady a colorized sequence's colours are from frame to frame (`python -m evaluate.stability`)
 """
+
+import preprocess  # noqa: F401  (before TensorFlow: its oneDNN setting)

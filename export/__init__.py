@@ -14,6 +14,8 @@ reference photo), `sequence` (frame folders and videos), `inference` (loading an
 
 from pathlib import Path
 
+import preprocess  # noqa: F401  (before TensorFlow: its oneDNN setting)
+
 # The colorizer that ships with the project (export/pretrained/README.md says how it was
 # made): what `colorize`, `make serve` and `make demo` use when no model is named.
 PRETRAINED = Path(__file__).parent / "pretrained" / "colorizer"

@@ -34,6 +34,8 @@ A run folder (written by `python -m train`, read here so that export/ never impo
 
 from __future__ import annotations
 
+import preprocess  # noqa: F401  (before TensorFlow: its oneDNN setting)
+
 import dataclasses
 import json
 import re

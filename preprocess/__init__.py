@@ -1,0 +1,14 @@
+"""From colour photos to Lab TFRecord shards (`python -m preprocess`, what `make data` runs).
+
+Every package of the project imports this one before TensorFlow, for the setting below.
+"""
+
+import os
+import platform
+
+# TensorFlow uses its oneDNN kernels by default only on x86 CPUs with AVX512-VNNI, AVX512-BF16
+# or AMX. Elsewhere (AVX2: AMD Zen 2, Intel before Cascade Lake) it falls back to Eigen, whose
+# convolution gradients made training 1.7x to 3x slower here (BENCHMARKS.md, "oneDNN on every
+# x86 CPU"). TensorFlow reads the variable once, when it loads; a user's own value wins.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -9,6 +9,8 @@ import os
 
 from pathlib import Path
 
+import preprocess  # noqa: F401  (before TensorFlow, as in every entry point: its oneDNN setting)
+
 import numpy as np
 import pytest
 import keras

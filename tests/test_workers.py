@@ -105,8 +105,11 @@ def test_two_replicas_at_batch_b_train_as_one_at_batch_b():
         variables.append({v.path: v.numpy() for v in training.networks["generator"].variables})
     one, two = variables
     assert any("moving_variance" in path for path in one)
+    # atol: oneDNN sums the halves' gradients in another order than the whole batch's, which
+    # moves a weight of about 1e-2 by up to 1e-6 in 3 steps; statistics of one half only, or
+    # gradients summed instead of averaged over the replicas, move some by more than 1e-2.
     for path, value in one.items():
-        np.testing.assert_allclose(two[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(two[path], value, rtol=1e-5, atol=1e-5, err_msg=path)
 
 
 @pytest.mark.multiworker

@@ -6,3 +6,5 @@ loop.py     strategy, compiled step, checkpoints and resume, validation, NaN gua
 summaries.py  TensorBoard, metrics.jsonl, loss_curves.png, sample grids
 workers.py  one run trained by N local worker processes (make train WORKERS=N)
 """
+
+import preprocess  # noqa: F401  (before TensorFlow: its oneDNN setting)

@@ -39,6 +39,7 @@ from preprocess.console import quiet_tensorflow
 quiet_tensorflow()  # before anything imports TensorFlow: a benchmark's report stays readable
 
 from train.bench import PRECISIONS, run_one, synthetic_training, wait  # noqa: E402
+from train.config import cpu_has_bf16_units  # noqa: E402
 
 REFERENCE = "reference"  # the side of a measurement that is not one of the project's precisions
 DEFAULT_PEER_BENCH = Path(__file__).resolve().parents[2] / "shared" / "peer" / "bench_peer.py"
@@ -284,7 +285,7 @@ def section(measurements: Sequence[Measurement], precisions: Sequence[str], *, m
         rule = "|" + "---|" * len(head)
         return "\n".join(["| " + " | ".join(head) + " |", rule, *("| " + " | ".join(cells) + " |" for cells in body)])
 
-    return f"""## Side by side with the PyTorch references
+    return f"""## Side by side with the PyTorch references{"" if "mixed_bfloat16" in precisions else ", float32"}
 
 Machine: {machine}; PyTorch {torch_version}.
 Date: {date}. Command: `{command}`.
@@ -292,9 +293,9 @@ Date: {date}. Command: `{command}`.
 The references with their own defaults, timed by bench_peer.py: junyanz/pytorch-CycleGAN-and-pix2pix
 (`--model colorization`: batch norm, dropout, vanilla GAN loss, L1 x 100, Adam 2e-4) and
 richzhang/colorization (ECCV16, untrained weights), on {threads} PyTorch threads. The project with its
-defaults (the model's preset for the size, TensorFlow's default thread pools) in both
-precisions: `--precision=auto`, the default, is mixed_bfloat16 on a CPU with bf16 units
-(as here) and float32 on one without. Synthetic batches on both sides.
+defaults (the model's preset for the size, TensorFlow's default thread pools) in {" and ".join(precisions)}:
+`--precision=auto`, the default, is mixed_bfloat16 on a CPU with bf16 units and float32 on one
+without. Synthetic batches on both sides.
 
 Each measurement is a fresh process: images/s from the median of {iters} timed steps after
 {warmup} warm-up steps. {rounds} rounds, each timing every case on the project side and then on the
@@ -322,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1: TensorFlow traces)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads (default: one per core)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                        help="the project's precisions to time (default: both on a CPU with bf16 units; float32 alone "
+                             "on one without, where bfloat16 is emulated and only slow)")  # fmt: skip
     parser.add_argument("--only", nargs="+", metavar="CASE", choices=[case.id for case in CASES],
                         help="these cases only (default: all): %(choices)s")
     parser.add_argument("--output", type=Path, help="the Markdown file to update (default: BENCHMARKS.md)")
@@ -355,13 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         return run_one([case.kind, case.model, str(case.size), str(case.batch), side, *common], "train.peer_bench")
 
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    measurements = run(schedule(cases, PRECISIONS, args.rounds), measure)
+    precisions = args.precisions or (PRECISIONS if cpu_has_bf16_units() else ("float32",))
+    measurements = run(schedule(cases, precisions, args.rounds), measure)
 
     from preprocess.bench import BENCHMARKS, machine, write_section
 
     output = args.output or BENCHMARKS
     command = shlex.join(["python", "-m", "train.peer_bench", *(argv if argv is not None else sys.argv[1:])])
-    write_section("peer", section(measurements, PRECISIONS, machine=machine(), torch_version=torch_version,
+    # A CPU without bf16 units keeps its own section, beside the one of a CPU with them.
+    write_section("peer" if "mixed_bfloat16" in precisions else "peer-float32", section(measurements, precisions, machine=machine(), torch_version=torch_version,
                                   threads=peer.threads, command=command, date=date, iters=args.iters,
                                   warmup=args.warmup), output)  # fmt: skip
     print(f"updated {output}", file=sys.stderr)
