@@ -442,6 +442,20 @@ def test_cpu_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
         assert config_lib.cpu_has_bf16_units() is expected
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the project sets oneDNN on x86 CPUs only")
+def test_the_project_runs_tensorflow_on_onednn_kernels_unless_the_user_said_otherwise():
+    """Without it, TensorFlow uses Eigen's 2-3x slower convolution gradients on x86 CPUs without
+    AVX512-VNNI, AVX512-BF16 or AMX (BENCHMARKS.md, "oneDNN on every x86 CPU")."""
+    probe = ("import train, tensorflow\n"
+             "from tensorflow.python.util import _pywrap_util_port\n"
+             "print(_pywrap_util_port.IsMklEnabled())")  # fmt: skip
+    environment = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    for users_value, expected in ((None, "True"), ("0", "False")):
+        env = environment if users_value is None else {**environment, "TF_ENABLE_ONEDNN_OPTS": users_value}
+        result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert result.stdout.split()[-1] == expected, (users_value, result.stdout)
+
+
 # ---------------------------------------------------------------------------------------
 # fine-tuning (--init_from) and several scales (--scales)
 
