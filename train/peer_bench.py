@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or BENCHMARKS
     command = shlex.join(["python", "-m", "train.peer_bench", *(argv if argv is not None else sys.argv[1:])])
     # A CPU without bf16 units keeps its own section, beside the one of a CPU with them.
-    write_section("peer" if "mixed_bfloat16" in precisions else "peer-float32", section(measurements, precisions, machine=machine(), torch_version=torch_version,
+    name = "peer" if "mixed_bfloat16" in precisions else "peer-float32"
+    write_section(name, section(measurements, precisions, machine=machine(), torch_version=torch_version,
                                   threads=peer.threads, command=command, date=date, iters=args.iters,
                                   warmup=args.warmup), output)  # fmt: skip
     print(f"updated {output}", file=sys.stderr)
