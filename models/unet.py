@@ -151,6 +151,34 @@ def _filter_gradient(inputs: tf.Tensor, kernel_shape: tf.Tensor, out_backprop: t
     return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding)
 
 
+# At batch 1, with its kernel read from a variable, TensorFlow's oneDNN Conv2D leaves the
+# kernel in TensorFlow's layout, and on AVX2 CPUs oneDNN then computes a float32 convolution
+# by im2col and GEMM: 3x slower than its direct kernel on the pix2pix encoder's 128x128 and
+# 64x64 blocks, 34x on the discriminator's 512-to-1 logits (42 ms against 1.2). Conv3D lets
+# oneDNN lay the kernel out for its direct kernel, at the cost of reordering it at every
+# call, which pays where the output has at least this many positions (at 8x8 the reorder of
+# a 4 MB kernel makes Conv3D 1.8x slower). Batches of 4 and more get the direct kernel
+# through Conv2D, and so do the export's frozen graphs (constant kernels, shapes unknown
+# when traced: Conv3D was 5% slower there); bf16 keeps Conv2D, tuned on AMX. The cgan step
+# at 256 px, batch 1: 0.90 -> 1.23 images/s (BENCHMARKS.md, "Batch-1 convolutions through
+# Conv3D").
+CONV3D_OUTPUT_POSITIONS = 256
+
+
+def _conv2d(inputs: tf.Tensor, kernel: tf.Tensor, strides: int | list[int], padding: str) -> tf.Tensor:
+    """tf.nn.conv2d on NHWC (padding SAME or VALID), as a depth-1 Conv3D where that is faster (see above)."""
+    rows_stride, columns_stride = (strides, strides) if isinstance(strides, int) else strides[1:3]
+    if inputs.dtype != tf.float32 or not inputs.shape[:3].is_fully_defined():
+        return tf.nn.conv2d(inputs, kernel, strides, padding)
+    batch, height, width = inputs.shape[:3]
+    if padding == "VALID":
+        height, width = height - kernel.shape[0] + 1, width - kernel.shape[1] + 1
+    positions = -(-height // rows_stride) * -(-width // columns_stride)
+    if batch != 1 or positions < CONV3D_OUTPUT_POSITIONS:
+        return tf.nn.conv2d(inputs, kernel, strides, padding)
+    return tf.nn.conv3d(inputs[:, None], kernel[None], [1, 1, rows_stride, columns_stride, 1], padding)[:, 0]
+
+
 # oneDNN's transposed convolution is slow where it has little to work on: at batch 1 in
 # bf16, 3-5x slower than `_transpose_by_phases` on the 1x1 to 8x8 inputs of the pix2pix
 # decoder (its 16 MB kernels read at 4-7 GB/s), and 1.6-2.5x slower on the output layer's
@@ -173,7 +201,7 @@ def _transpose_by_phases(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     # m, m+1 through kernel rows 2, 0: in the flipped kernel, phase r's tap t is row 2t + r.
     taps = tf.reshape(tf.reverse(kernel, [0, 1]), [2, 2, 2, 2, out_channels, -1])  # [ty, ry, tx, rx, out, in]
     taps = tf.reshape(tf.transpose(taps, [0, 2, 5, 1, 3, 4]), [2, 2, -1, 4 * out_channels])  # [ty, tx, in, 4 out]
-    phases = tf.nn.conv2d(tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]]), taps, 1, "VALID")  # [B, H+1, W+1, 4 out]
+    phases = _conv2d(tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]]), taps, 1, "VALID")  # [B, H+1, W+1, 4 out]
     rows = []
     for row in range(2):
         columns = [phases[:, row:row + shape[1], column:column + shape[2],
@@ -221,14 +249,14 @@ def _convolution(layer: keras.layers.Layer, inputs: tf.Tensor, output_shape: tf.
 
     def forward(inputs, kernel):
         if output_shape is None:
-            return tf.nn.conv2d(inputs, kernel, strides, padding)
+            return _conv2d(inputs, kernel, strides, padding)
         return _transpose(inputs, kernel, output_shape, strides, padding)
 
     def backward(inputs, kernel, out_backprop):
         if output_shape is None:
             return (tf.compat.v1.nn.conv2d_backprop_input(tf.shape(inputs), kernel, out_backprop, strides, padding),
                     _filter_gradient(inputs, tf.shape(kernel), out_backprop, strides, padding))  # fmt: skip
-        return (tf.nn.conv2d(out_backprop, kernel, strides, padding),
+        return (_conv2d(out_backprop, kernel, strides, padding),
                 _filter_gradient(out_backprop, tf.shape(kernel), inputs, strides, padding))  # fmt: skip
 
     if not layer.use_bias:

@@ -181,3 +181,38 @@ def test_transposed_convolutions_take_the_faster_route_and_compute_the_same(shap
         assert "Conv2DBackpropInput" not in unknown_ops
     else:  # both routes in the graph, one taken per call
         assert {"If", "StatelessIf"} & unknown_ops and "Conv2DBackpropInput" in unknown_ops
+
+
+@pytest.mark.parametrize(
+    "project_layer, keras_layer, shape, through_conv3d",
+    [
+        (unet.Conv2D, keras.layers.Conv2D, (1, 32, 32, 5), True),  # 16 x 16 = 256 output positions
+        (unet.Conv2D, keras.layers.Conv2D, (1, 16, 16, 5), False),  # 64: the kernel's reorder would cost more
+        (unet.Conv2D, keras.layers.Conv2D, (2, 32, 32, 5), False),  # batch 2: Conv2D's own kernel is direct
+        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (1, 32, 32, 5), True),  # phases and input gradient
+    ],
+)
+def test_batch_one_float32_convolutions_run_as_conv3d_where_large_and_compute_what_keras_computes(
+    project_layer, keras_layer, shape, through_conv3d
+):
+    """`_conv2d`'s route: with sizes known at trace time, a float32 batch of one with at least
+    CONV3D_OUTPUT_POSITIONS output positions goes through Conv3D, both ways, and gives what
+    Keras's own layers give; the export's graphs (sizes unknown) keep Conv2D."""
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    project = project_layer(6, 4, strides=2, padding="same")
+    ours, _ = _convolve(project, images)
+    exact, _ = _convolve(keras_layer(6, 4, strides=2, padding="same"), images)
+    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
+        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+
+    @tf.function
+    def forward_backward(images):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(project(images) ** 2)
+        return tape.gradient(loss, images)
+
+    known = {node.op for node in _graph_nodes(forward_backward.get_concrete_function(tf.TensorSpec(shape)))}
+    assert ("Conv3D" in known) == through_conv3d
+    unknown = forward_backward.get_concrete_function(tf.TensorSpec([None, None, None, shape[-1]]))
+    assert "Conv3D" not in {node.op for node in _graph_nodes(unknown)}
