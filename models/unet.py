@@ -141,13 +141,45 @@ def _weight_gradient_in_float32(inputs: tf.Tensor, out_backprop: tf.Tensor) -> b
             and min(positions) <= FLOAT32_WEIGHT_GRADIENT_POSITIONS)  # fmt: skip
 
 
-def _filter_gradient(inputs: tf.Tensor, kernel_shape: tf.Tensor, out_backprop: tf.Tensor, strides: list[int],
+# On AVX2 CPUs oneDNN's float32 weight gradient is slow where the kernel is large and the
+# gradient sums over few positions: on the 32 px preset at batch 64, 76 ms for the 2x2 -> 1x1
+# block against 7.3 ms as one matrix product of the input's patches and the output's
+# gradient; 16 against 11 ms at 4x4 -> 2x2; at 256 px, batch 4, 14 against 4 ms for the 1x1
+# and 2x2 blocks and 92 against 55 ms for the 16x16 -> 32x32 decoder block. With fewer
+# channels the patches cost more than they save (64 -> 128 channels at 128x128: 43 against
+# 75 ms), so float32 kernels of at least this many input x output channels take the product
+# (BENCHMARKS.md, "Weight gradients as one matrix product").
+MATMUL_WEIGHT_GRADIENT_CHANNELS = 256 * 256
+
+
+def _filter_gradient_by_matmul(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor,
+                               strides: list[int], padding: str) -> tf.Tensor:  # fmt: skip
+    """Conv2DBackpropFilter as patches^T @ out_backprop: [kh * kw * in, positions] x [positions, out]."""
+    rows, columns, in_channels, out_channels = kernel_shape
+    if padding == "SAME":
+        pads = []
+        for side, out_side, kernel_side, stride in zip(inputs.shape[1:3], out_backprop.shape[1:3], kernel_shape[:2],
+                                                       strides[1:3]):  # fmt: skip
+            total = max((out_side - 1) * stride + kernel_side - side, 0)
+            pads.append([total // 2, total - total // 2])
+        inputs = tf.pad(inputs, [[0, 0], *pads, [0, 0]])
+    patches = tf.image.extract_patches(inputs, [1, rows, columns, 1], strides, [1, 1, 1, 1], "VALID")
+    gradient = tf.matmul(tf.reshape(patches, [-1, rows * columns * in_channels]),
+                         tf.reshape(out_backprop, [-1, out_channels]), transpose_a=True)  # fmt: skip
+    return tf.reshape(gradient, kernel_shape)
+
+
+def _filter_gradient(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor, strides: list[int],
                      padding: str) -> tf.Tensor:  # fmt: skip
-    """Conv2DBackpropFilter, in float32 where `_weight_gradient_in_float32` says so; the inputs' dtype out."""
+    """Conv2DBackpropFilter, in float32 where `_weight_gradient_in_float32` says so, as one
+    matrix product where MATMUL_WEIGHT_GRADIENT_CHANNELS says so; the inputs' dtype out."""
     if _weight_gradient_in_float32(inputs, out_backprop):
         gradient = tf.compat.v1.nn.conv2d_backprop_filter(tf.cast(inputs, tf.float32), kernel_shape,
                                                           tf.cast(out_backprop, tf.float32), strides, padding)  # fmt: skip
         return tf.cast(gradient, inputs.dtype)
+    if (inputs.dtype == tf.float32 and kernel_shape[2] * kernel_shape[3] >= MATMUL_WEIGHT_GRADIENT_CHANNELS
+            and inputs.shape[1:3].is_fully_defined() and out_backprop.shape[1:3].is_fully_defined()):  # fmt: skip
+        return _filter_gradient_by_matmul(inputs, kernel_shape, out_backprop, strides, padding)
     return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding)
 
 
@@ -255,9 +287,9 @@ def _convolution(layer: keras.layers.Layer, inputs: tf.Tensor, output_shape: tf.
     def backward(inputs, kernel, out_backprop):
         if output_shape is None:
             return (tf.compat.v1.nn.conv2d_backprop_input(tf.shape(inputs), kernel, out_backprop, strides, padding),
-                    _filter_gradient(inputs, tf.shape(kernel), out_backprop, strides, padding))  # fmt: skip
+                    _filter_gradient(inputs, kernel.shape.as_list(), out_backprop, strides, padding))  # fmt: skip
         return (_conv2d(out_backprop, kernel, strides, padding),
-                _filter_gradient(out_backprop, tf.shape(kernel), inputs, strides, padding))  # fmt: skip
+                _filter_gradient(out_backprop, kernel.shape.as_list(), inputs, strides, padding))  # fmt: skip
 
     if not layer.use_bias:
 

@@ -216,3 +216,36 @@ def test_batch_one_float32_convolutions_run_as_conv3d_where_large_and_compute_wh
     assert ("Conv3D" in known) == through_conv3d
     unknown = forward_backward.get_concrete_function(tf.TensorSpec([None, None, None, shape[-1]]))
     assert "Conv3D" not in {node.op for node in _graph_nodes(unknown)}
+
+
+@pytest.mark.parametrize(
+    "project_layer, keras_layer, shape, strides, padding",
+    [
+        (unet.Conv2D, keras.layers.Conv2D, (3, 4, 4, 256), 2, "same"),  # the 32 px preset's 4x4 -> 2x2 block
+        (unet.Conv2D, keras.layers.Conv2D, (2, 5, 7, 256), 1, "same"),  # odd sides: uneven SAME padding
+        (unet.Conv2D, keras.layers.Conv2D, (2, 9, 6, 256), 2, "valid"),
+        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (3, 2, 2, 256), 2, "same"),
+        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (2, 3, 2, 256), 2, "valid"),
+    ],
+)
+def test_large_float32_kernels_get_their_gradient_as_one_matrix_product_equal_to_keras(
+    project_layer, keras_layer, shape, strides, padding
+):
+    """Kernels of at least MATMUL_WEIGHT_GRADIENT_CHANNELS in x out channels take the weight
+    gradient from `_filter_gradient_by_matmul`, which must be TensorFlow's own."""
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    project = project_layer(256, 4, strides=strides, padding=padding)
+    ours, _ = _convolve(project, images)
+    exact, _ = _convolve(keras_layer(256, 4, strides=strides, padding=padding), images)
+    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
+        assert mine.shape == reference.shape, name
+        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+
+    @tf.function
+    def kernel_gradient(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(project(images) ** 2)
+        return tape.gradient(loss, project.kernel)
+
+    ops = {node.op for node in _graph_nodes(kernel_gradient.get_concrete_function(tf.TensorSpec(shape)))}
+    assert "Conv2DBackpropFilter" not in ops and {"ExtractImagePatches", "MatMul"} <= ops
