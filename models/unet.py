@@ -11,8 +11,10 @@ import dataclasses
 
 import keras
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 
 from models.config import check, comma_separated
+from preprocess import cpu_flags
 
 # pix2pix initialises every convolution from N(0, 0.02).
 INITIALIZER_STDDEV = 0.02
@@ -153,34 +155,61 @@ MATMUL_WEIGHT_GRADIENT_CHANNELS = 256 * 256
 
 
 def _filter_gradient_by_matmul(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor,
-                               strides: list[int], padding: str) -> tf.Tensor:  # fmt: skip
+                               strides: list[int], padding: str, dilations: list[int]) -> tf.Tensor:  # fmt: skip
     """Conv2DBackpropFilter as patches^T @ out_backprop: [kh * kw * in, positions] x [positions, out]."""
     rows, columns, in_channels, out_channels = kernel_shape
     if padding == "SAME":
         pads = []
-        for side, out_side, kernel_side, stride in zip(inputs.shape[1:3], out_backprop.shape[1:3], kernel_shape[:2],
-                                                       strides[1:3]):  # fmt: skip
-            total = max((out_side - 1) * stride + kernel_side - side, 0)
+        for side, out_side, kernel_side, stride, dilation in zip(inputs.shape[1:3], out_backprop.shape[1:3],
+                                                                 kernel_shape[:2], strides[1:3], dilations[1:3]):  # fmt: skip
+            total = max((out_side - 1) * stride + (kernel_side - 1) * dilation + 1 - side, 0)
             pads.append([total // 2, total - total // 2])
         inputs = tf.pad(inputs, [[0, 0], *pads, [0, 0]])
-    patches = tf.image.extract_patches(inputs, [1, rows, columns, 1], strides, [1, 1, 1, 1], "VALID")
+    patches = tf.image.extract_patches(inputs, [1, rows, columns, 1], strides, dilations, "VALID")
     gradient = tf.matmul(tf.reshape(patches, [-1, rows * columns * in_channels]),
                          tf.reshape(out_backprop, [-1, out_channels]), transpose_a=True)  # fmt: skip
     return tf.reshape(gradient, kernel_shape)
 
 
+# oneDNN's float32 weight gradient on channels-last data (the layout TensorFlow hands it) is
+# slow on AVX2 CPUs for 3x3 kernels; on channels-first data it takes another kernel (im2col
+# and GEMM). The ECCV16 network's layers at 256 px, batch 8, transposes included: 297 -> 153
+# ms (64 channels, 256 -> 128 px), 387 -> 299 (256 channels at 64 px), 365 -> 251 (512 at
+# 32 px), and 10 to 50% faster on every other 3x3 layer of at least 64 input channels; the
+# pix2pix layers' 4x4 kernels gain nothing (BENCHMARKS.md, "Weight gradients as one matrix
+# product"). Only measured on AVX2: CPUs with AVX-512 keep channels-last.
+CHANNELS_FIRST_WEIGHT_GRADIENT_CHANNELS = 64
+
+
+def _weight_gradient_channels_first(inputs: tf.Tensor, kernel_shape: list[int]) -> bool:
+    """Whether to take the weight gradient on channels-first data (above); TensorFlow's own
+    kernels, without oneDNN (TF_ENABLE_ONEDNN_OPTS=0), take channels-last only."""
+    return (inputs.dtype == tf.float32 and tuple(kernel_shape[:2]) == (3, 3)
+            and kernel_shape[2] >= CHANNELS_FIRST_WEIGHT_GRADIENT_CHANNELS and "avx512f" not in cpu_flags()
+            and _pywrap_util_port.IsMklEnabled())  # fmt: skip
+
+
 def _filter_gradient(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor, strides: list[int],
-                     padding: str) -> tf.Tensor:  # fmt: skip
-    """Conv2DBackpropFilter, in float32 where `_weight_gradient_in_float32` says so, as one
-    matrix product where MATMUL_WEIGHT_GRADIENT_CHANNELS says so; the inputs' dtype out."""
+                     padding: str, dilations: list[int]) -> tf.Tensor:  # fmt: skip
+    """Conv2DBackpropFilter, in float32 where `_weight_gradient_in_float32` says so, on
+    channels-first data where `_weight_gradient_channels_first` says so, as one matrix product
+    where MATMUL_WEIGHT_GRADIENT_CHANNELS says so; the inputs' dtype out."""
     if _weight_gradient_in_float32(inputs, out_backprop):
         gradient = tf.compat.v1.nn.conv2d_backprop_filter(tf.cast(inputs, tf.float32), kernel_shape,
-                                                          tf.cast(out_backprop, tf.float32), strides, padding)  # fmt: skip
+                                                          tf.cast(out_backprop, tf.float32), strides, padding,
+                                                          dilations=dilations)  # fmt: skip
         return tf.cast(gradient, inputs.dtype)
+    if _weight_gradient_channels_first(inputs, kernel_shape):
+        first = [0, 3, 1, 2]
+        return tf.compat.v1.nn.conv2d_backprop_filter(tf.transpose(inputs, first), kernel_shape,
+                                                      tf.transpose(out_backprop, first), [strides[i] for i in first],
+                                                      padding, data_format="NCHW",
+                                                      dilations=[dilations[i] for i in first])  # fmt: skip
     if (inputs.dtype == tf.float32 and kernel_shape[2] * kernel_shape[3] >= MATMUL_WEIGHT_GRADIENT_CHANNELS
             and inputs.shape[1:3].is_fully_defined() and out_backprop.shape[1:3].is_fully_defined()):  # fmt: skip
-        return _filter_gradient_by_matmul(inputs, kernel_shape, out_backprop, strides, padding)
-    return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding)
+        return _filter_gradient_by_matmul(inputs, kernel_shape, out_backprop, strides, padding, dilations)
+    return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding,
+                                                  dilations=dilations)  # fmt: skip
 
 
 # At batch 1, with its kernel read from a variable, TensorFlow's oneDNN Conv2D leaves the
@@ -197,18 +226,22 @@ def _filter_gradient(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: t
 CONV3D_OUTPUT_POSITIONS = 256
 
 
-def _conv2d(inputs: tf.Tensor, kernel: tf.Tensor, strides: int | list[int], padding: str) -> tf.Tensor:
+def _conv2d(inputs: tf.Tensor, kernel: tf.Tensor, strides: int | list[int], padding: str,
+            dilations: list[int] | None = None) -> tf.Tensor:  # fmt: skip
     """tf.nn.conv2d on NHWC (padding SAME or VALID), as a depth-1 Conv3D where that is faster (see above)."""
     rows_stride, columns_stride = (strides, strides) if isinstance(strides, int) else strides[1:3]
+    rows_dilation, columns_dilation = (dilations or [1, 1, 1, 1])[1:3]
     if inputs.dtype != tf.float32 or not inputs.shape[:3].is_fully_defined():
-        return tf.nn.conv2d(inputs, kernel, strides, padding)
+        return tf.nn.conv2d(inputs, kernel, strides, padding, dilations=dilations)
     batch, height, width = inputs.shape[:3]
     if padding == "VALID":
-        height, width = height - kernel.shape[0] + 1, width - kernel.shape[1] + 1
+        height -= (kernel.shape[0] - 1) * rows_dilation
+        width -= (kernel.shape[1] - 1) * columns_dilation
     positions = -(-height // rows_stride) * -(-width // columns_stride)
     if batch != 1 or positions < CONV3D_OUTPUT_POSITIONS:
-        return tf.nn.conv2d(inputs, kernel, strides, padding)
-    return tf.nn.conv3d(inputs[:, None], kernel[None], [1, 1, rows_stride, columns_stride, 1], padding)[:, 0]
+        return tf.nn.conv2d(inputs, kernel, strides, padding, dilations=dilations)
+    return tf.nn.conv3d(inputs[:, None], kernel[None], [1, 1, rows_stride, columns_stride, 1], padding,
+                        dilations=[1, 1, rows_dilation, columns_dilation, 1])[:, 0]  # fmt: skip
 
 
 # oneDNN's transposed convolution is slow where it has little to work on: at batch 1 in
@@ -266,9 +299,15 @@ def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, st
 
 
 def _plain(layer: keras.layers.Layer) -> bool:
-    """A 2-D convolution the custom gradient below covers: NHWC, no dilation or groups."""
-    return (layer.data_format == "channels_last" and tuple(layer.dilation_rate) == (1, 1)
-            and getattr(layer, "groups", 1) == 1 and getattr(layer, "output_padding", None) is None)  # fmt: skip
+    """A 2-D convolution the custom gradient below covers: NHWC, no groups; dilated only where
+    TensorFlow has gradient kernels for it, oneDNN's in a traced graph (Keras's own call goes
+    through space-to-batch there), and never transposed."""
+    dilated = tuple(layer.dilation_rate) != (1, 1)
+    if dilated and (isinstance(layer, keras.layers.Conv2DTranspose) or tf.executing_eagerly()
+                    or not _pywrap_util_port.IsMklEnabled()):  # fmt: skip
+        return False
+    return (layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1
+            and getattr(layer, "output_padding", None) is None)  # fmt: skip
 
 
 def _convolution(layer: keras.layers.Layer, inputs: tf.Tensor, output_shape: tf.Tensor | None = None) -> tf.Tensor:
@@ -276,20 +315,21 @@ def _convolution(layer: keras.layers.Layer, inputs: tf.Tensor, output_shape: tf.
     TensorFlow's own kernels both ways except the weight gradient (`_filter_gradient`) and
     the bias gradient, summed in float32: a bf16 sum over a few thousand positions was 13%
     off, where Keras's graph gets a fused kernel that accumulates in float32."""
-    strides, padding = [1, *layer.strides, 1], layer.padding.upper()
+    strides, padding, dilations = [1, *layer.strides, 1], layer.padding.upper(), [1, *layer.dilation_rate, 1]
     kernel = tf.convert_to_tensor(layer.kernel)
 
     def forward(inputs, kernel):
         if output_shape is None:
-            return _conv2d(inputs, kernel, strides, padding)
+            return _conv2d(inputs, kernel, strides, padding, dilations)
         return _transpose(inputs, kernel, output_shape, strides, padding)
 
     def backward(inputs, kernel, out_backprop):
         if output_shape is None:
-            return (tf.compat.v1.nn.conv2d_backprop_input(tf.shape(inputs), kernel, out_backprop, strides, padding),
-                    _filter_gradient(inputs, kernel.shape.as_list(), out_backprop, strides, padding))  # fmt: skip
+            return (tf.compat.v1.nn.conv2d_backprop_input(tf.shape(inputs), kernel, out_backprop, strides, padding,
+                                                          dilations=dilations),
+                    _filter_gradient(inputs, kernel.shape.as_list(), out_backprop, strides, padding, dilations))  # fmt: skip
         return (_conv2d(out_backprop, kernel, strides, padding),
-                _filter_gradient(out_backprop, kernel.shape.as_list(), inputs, strides, padding))  # fmt: skip
+                _filter_gradient(out_backprop, kernel.shape.as_list(), inputs, strides, padding, dilations))  # fmt: skip
 
     if not layer.use_bias:
 

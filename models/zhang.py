@@ -90,6 +90,10 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
     """
     bins = len(color.ab_bins())
     b = config.base_width
+    # The project's convolutions (models/unet.py) train this network 1.2 times as fast in
+    # float32 on AVX2 CPUs (BENCHMARKS.md, "Weight gradients on channels-first data"); its bf16
+    # speed was measured on AMX with Keras's own, which it keeps.
+    layers = unet if keras.mixed_precision.global_policy().compute_dtype == "float32" else keras.layers
     gray = keras.Input([None, None, 1], name="gray")  # [B, H, W, 1]
     x = gray
     for block, (multiple, convolutions) in enumerate(_BLOCKS, start=1):
@@ -97,19 +101,19 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
         dilation = config.dilation if block in (5, 6) else 1
         for i in range(1, convolutions + 1):
             strides = 2 if block <= 3 and i == convolutions else 1
-            x = keras.layers.Conv2D(multiple * b, 3, strides=strides, padding="same", dilation_rate=dilation,
-                                    activation="relu", name=f"conv{block}_{i}")(x)  # fmt: skip
+            x = layers.Conv2D(multiple * b, 3, strides=strides, padding="same", dilation_rate=dilation,
+                              activation="relu", name=f"conv{block}_{i}")(x)  # fmt: skip
         x = unet.batch_norm(f"conv{block}_norm", config.sides)(x)
 
     # Block 8: three layers of 4 b channels; the first log2(8 / output_stride) upsample by 2.
     upsamplings = int(math.log2(8 // config.output_stride))
     for i in range(1, 4):
         if i <= upsamplings:  # [B, H / 2**(3-i), W / 2**(3-i), 4 b]
-            x = keras.layers.Conv2DTranspose(4 * b, 4, strides=2, padding="same", activation="relu",
-                                             name=f"conv8_{i}")(x)  # fmt: skip
+            x = layers.Conv2DTranspose(4 * b, 4, strides=2, padding="same", activation="relu",
+                                       name=f"conv8_{i}")(x)  # fmt: skip
         else:  # [B, H / output_stride, W / output_stride, 4 b]
-            x = keras.layers.Conv2D(4 * b, 3, padding="same", activation="relu", name=f"conv8_{i}")(x)
-    x = keras.layers.Conv2D(bins, 1, name="conv8_bins")(x)  # [B, H / output_stride, W / output_stride, Q]
+            x = layers.Conv2D(4 * b, 3, padding="same", activation="relu", name=f"conv8_{i}")(x)
+    x = layers.Conv2D(bins, 1, name="conv8_bins")(x)  # [B, H / output_stride, W / output_stride, Q]
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return unet.SizeStatisticsNetwork(gray, logits, config.sides, name=name)
 

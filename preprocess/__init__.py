@@ -12,3 +12,12 @@ import platform
 # x86 CPU"). TensorFlow reads the variable once, when it loads; a user's own value wins.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from Linux's /proc/cpuinfo (avx2, avx512f, amx_bf16, ...); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return frozenset(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()

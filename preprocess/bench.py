@@ -26,6 +26,7 @@ quiet_tensorflow()  # before anything imports TensorFlow: a benchmark's report s
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import preprocess  # noqa: E402
 from preprocess import atomic, dataset, shards  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,7 +38,7 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-        flags = re.search(r"flags\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1).split()
+        flags = preprocess.cpu_flags()
         # the vector units TensorFlow's speed depends on here: bf16 ones, else AVX-512, else AVX2
         units = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags] or [f for f in ["avx2"] if f in flags]
         cpu += f" ({', '.join(units)})" if units else ""

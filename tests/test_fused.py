@@ -249,3 +249,78 @@ def test_large_float32_kernels_get_their_gradient_as_one_matrix_product_equal_to
 
     ops = {node.op for node in _graph_nodes(kernel_gradient.get_concrete_function(tf.TensorSpec(shape)))}
     assert "Conv2DBackpropFilter" not in ops and {"ExtractImagePatches", "MatMul"} <= ops
+
+
+def _weight_gradient_layouts(layer: keras.layers.Layer, shape: tuple[int, ...]) -> set[str]:
+    """The data formats of the Conv2DBackpropFilter ops in `layer`'s kernel gradient."""
+
+    @tf.function
+    def kernel_gradient(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(images) ** 2)
+        return tape.gradient(loss, layer.kernel)
+
+    nodes = _graph_nodes(kernel_gradient.get_concrete_function(tf.TensorSpec(shape)))
+    return {node.attr["data_format"].s.decode() for node in nodes if node.op == "Conv2DBackpropFilter"}
+
+
+@pytest.mark.parametrize(
+    "shape, strides, flags, onednn, layouts",
+    [
+        ((2, 12, 12, 64), 1, "fpu avx2", True, {"NCHW"}),  # ECCV16's 3x3 layers, on an AVX2 CPU
+        ((2, 12, 10, 64), 2, "fpu avx2", True, {"NCHW"}),
+        ((2, 12, 12, 64), 1, "fpu avx2 avx512f", True, {"NHWC"}),  # measured on AVX2 only
+        ((2, 12, 12, 32), 1, "fpu avx2", True, {"NHWC"}),  # fewer input channels than it pays for
+        ((2, 12, 12, 64), 1, "fpu avx2", False, {"NHWC"}),  # TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's NHWC kernels
+    ],
+)
+def test_3x3_convolutions_compute_what_keras_computes_with_the_weight_gradient_on_the_faster_layout(
+    monkeypatch, shape, strides, flags, onednn, layouts
+):
+    """zhang's 3x3 layers take `_convolution`'s gradients; on an AVX2 CPU a 3x3 kernel of at
+    least CHANNELS_FIRST_WEIGHT_GRADIENT_CHANNELS input channels gets its weight gradient on
+    channels-first data. Both give what Keras's own layer gives."""
+    monkeypatch.setattr(unet, "cpu_flags", lambda: frozenset(flags.split()))
+    if not onednn:  # the route's condition only: this process keeps oneDNN's kernels
+        monkeypatch.setattr(unet._pywrap_util_port, "IsMklEnabled", lambda: False)
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    project = unet.Conv2D(16, 3, strides=strides, padding="same")
+    ours, _ = _convolve(project, images)
+    exact, _ = _convolve(keras.layers.Conv2D(16, 3, strides=strides, padding="same"), images)
+    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
+        assert mine.shape == reference.shape, name
+        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+    assert _weight_gradient_layouts(project, shape) == layouts
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
+def test_a_dilated_convolution_takes_onednn_s_dilated_kernels_when_traced_and_keras_s_call_eagerly(policy):
+    """ECCV16's dilated blocks: traced with oneDNN, `_convolution` runs them as dilated
+    convolutions (Keras's own call goes through space-to-batch) and must give Keras's numbers;
+    eagerly, where TensorFlow has no dilated gradient kernel on the CPU, Keras's call stays."""
+    images = tf.constant(np.random.default_rng(0).normal(size=(2, 12, 12, 8)).astype("float32"))
+    layer = unet.Conv2D(4, 3, dilation_rate=2, padding="same")
+    layer.build(images.shape)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(layer(images), tf.float32) ** 2)
+    eager = tape.gradient(loss, layer.kernel)
+    assert eager.shape == (3, 3, 8, 4) and np.isfinite(eager.numpy()).all()
+    traced = tf.function(layer).get_concrete_function(tf.TensorSpec(images.shape))
+    assert "SpaceToBatchND" not in {node.op for node in _graph_nodes(traced)}
+    if policy == "float32":
+        ours, _ = _convolve(unet.Conv2D(4, 3, dilation_rate=2, padding="same"), images)
+        exact, _ = _convolve(keras.layers.Conv2D(4, 3, dilation_rate=2, padding="same"), images)
+        for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours,
+                                         exact):  # fmt: skip
+            np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+
+
+def test_a_dilated_batch_of_one_through_conv3d_computes_what_keras_computes():
+    images = tf.constant(np.random.default_rng(0).normal(size=(1, 20, 20, 4)).astype("float32"))
+    project = unet.Conv2D(6, 3, dilation_rate=2, padding="valid")  # 16 x 16 = 256 output positions
+    ours, _ = _convolve(project, images)
+    exact, _ = _convolve(keras.layers.Conv2D(6, 3, dilation_rate=2, padding="valid"), images)
+    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
+        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+    forward = tf.function(project).get_concrete_function(tf.TensorSpec(images.shape))
+    assert "Conv3D" in {node.op for node in _graph_nodes(forward)}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import models
+import preprocess
 from models.config import ConfigError, check, comma_separated, field_types, from_dict, override
 from preprocess.dataset import GrayOnly, Shards
 
@@ -95,11 +96,7 @@ class TrainConfig:
 
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; Linux's cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = preprocess.cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
