@@ -265,17 +265,18 @@ def _weight_gradient_layouts(layer: keras.layers.Layer, shape: tuple[int, ...]) 
 
 
 @pytest.mark.parametrize(
-    "shape, strides, flags, onednn, layouts",
+    "shape, strides, dilation, flags, onednn, layouts",
     [
-        ((2, 12, 12, 64), 1, "fpu avx2", True, {"NCHW"}),  # ECCV16's 3x3 layers, on an AVX2 CPU
-        ((2, 12, 10, 64), 2, "fpu avx2", True, {"NCHW"}),
-        ((2, 12, 12, 64), 1, "fpu avx2 avx512f", True, {"NHWC"}),  # measured on AVX2 only
-        ((2, 12, 12, 32), 1, "fpu avx2", True, {"NHWC"}),  # fewer input channels than it pays for
-        ((2, 12, 12, 64), 1, "fpu avx2", False, {"NHWC"}),  # TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's NHWC kernels
+        ((2, 12, 12, 64), 1, 1, "fpu avx2", True, {"NCHW"}),  # ECCV16's 3x3 layers, on an AVX2 CPU
+        ((2, 12, 10, 64), 2, 1, "fpu avx2", True, {"NCHW"}),
+        ((2, 12, 12, 64), 1, 2, "fpu avx2", True, {"NCHW"}),  # its dilated blocks
+        ((2, 12, 12, 64), 1, 1, "fpu avx2 avx512f", True, {"NHWC"}),  # measured on AVX2 only
+        ((2, 12, 12, 32), 1, 1, "fpu avx2", True, {"NHWC"}),  # fewer input channels than it pays for
+        ((2, 12, 12, 64), 1, 1, "fpu avx2", False, {"NHWC"}),  # TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's NHWC kernels
     ],
 )
 def test_3x3_convolutions_compute_what_keras_computes_with_the_weight_gradient_on_the_faster_layout(
-    monkeypatch, shape, strides, flags, onednn, layouts
+    monkeypatch, shape, strides, dilation, flags, onednn, layouts
 ):
     """zhang's 3x3 layers take `_convolution`'s gradients; on an AVX2 CPU a 3x3 kernel of at
     least CHANNELS_FIRST_WEIGHT_GRADIENT_CHANNELS input channels gets its weight gradient on
@@ -284,9 +285,9 @@ def test_3x3_convolutions_compute_what_keras_computes_with_the_weight_gradient_o
     if not onednn:  # the route's condition only: this process keeps oneDNN's kernels
         monkeypatch.setattr(unet._pywrap_util_port, "IsMklEnabled", lambda: False)
     images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
-    project = unet.Conv2D(16, 3, strides=strides, padding="same")
+    project = unet.Conv2D(16, 3, strides=strides, dilation_rate=dilation, padding="same")
     ours, _ = _convolve(project, images)
-    exact, _ = _convolve(keras.layers.Conv2D(16, 3, strides=strides, padding="same"), images)
+    exact, _ = _convolve(keras.layers.Conv2D(16, 3, strides=strides, dilation_rate=dilation, padding="same"), images)
     for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
         assert mine.shape == reference.shape, name
         np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
