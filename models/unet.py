@@ -176,8 +176,8 @@ def _filter_gradient_by_matmul(inputs: tf.Tensor, kernel_shape: list[int], out_b
 # and GEMM). The ECCV16 network's layers at 256 px, batch 8, transposes included: 297 -> 153
 # ms (64 channels, 256 -> 128 px), 387 -> 299 (256 channels at 64 px), 365 -> 251 (512 at
 # 32 px), and 10 to 50% faster on every other 3x3 layer of at least 64 input channels; the
-# pix2pix layers' 4x4 kernels gain nothing (BENCHMARKS.md, "Weight gradients as one matrix
-# product"). Only measured on AVX2: CPUs with AVX-512 keep channels-last.
+# pix2pix layers' 4x4 kernels gain nothing (BENCHMARKS.md, "Weight gradients on channels-first
+# data"). Only measured on AVX2: CPUs with AVX-512 keep channels-last.
 CHANNELS_FIRST_WEIGHT_GRADIENT_CHANNELS = 64
 
 
