@@ -120,6 +120,25 @@ def _convolve(layer: keras.layers.Layer, images: tf.Tensor) -> tuple[list[np.nda
     return [tensor.numpy() for tensor in forward_backward()], weight_gradient_dtypes
 
 
+def _assert_same_results(ours: list[np.ndarray], exact: list[np.ndarray], tolerance: float = 1e-5) -> None:
+    """Two layers' `_convolve` results agree: same shapes, values within `tolerance` of each result's largest."""
+    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
+        assert mine.shape == reference.shape, name
+        np.testing.assert_allclose(mine, reference, atol=tolerance * np.abs(reference).max(), err_msg=name)
+
+
+def _kernel_gradient_nodes(layer: keras.layers.Layer, shape: tuple[int, ...]) -> list:
+    """The graph nodes of `layer`'s kernel gradient, traced for inputs of `shape`."""
+
+    @tf.function
+    def kernel_gradient(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(images) ** 2)
+        return tape.gradient(loss, layer.kernel)
+
+    return _graph_nodes(kernel_gradient.get_concrete_function(tf.TensorSpec(shape)))
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
 @pytest.mark.parametrize(
     "project_layer, keras_layer, shape, padding",
@@ -140,9 +159,7 @@ def test_convolutions_compute_what_keras_computes_in_float32(policy, project_lay
     # included, stays within a few of them of float32's (Keras's own bf16 transposed
     # convolution sums its bias gradient in bf16, which stalls: up to 5 times too small here)
     tolerance = 1e-5 if policy == "float32" else 2e-2
-    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
-        assert mine.shape == reference.shape, name
-        np.testing.assert_allclose(mine, reference, atol=tolerance * np.abs(reference).max(), err_msg=name)
+    _assert_same_results(ours, exact, tolerance)
     positions = min(shape[0] * shape[1] * shape[2], ours[0].shape[0] * ours[0].shape[1] * ours[0].shape[2])
     if policy == "float32":
         assert our_dtypes == {"float32"}
@@ -202,8 +219,7 @@ def test_batch_one_float32_convolutions_run_as_conv3d_where_large_and_compute_wh
     project = project_layer(6, 4, strides=2, padding="same")
     ours, _ = _convolve(project, images)
     exact, _ = _convolve(keras_layer(6, 4, strides=2, padding="same"), images)
-    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
-        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+    _assert_same_results(ours, exact)
 
     @tf.function
     def forward_backward(images):
@@ -237,30 +253,14 @@ def test_large_float32_kernels_get_their_gradient_as_one_matrix_product_equal_to
     project = project_layer(256, 4, strides=strides, padding=padding)
     ours, _ = _convolve(project, images)
     exact, _ = _convolve(keras_layer(256, 4, strides=strides, padding=padding), images)
-    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
-        assert mine.shape == reference.shape, name
-        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
-
-    @tf.function
-    def kernel_gradient(images):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(project(images) ** 2)
-        return tape.gradient(loss, project.kernel)
-
-    ops = {node.op for node in _graph_nodes(kernel_gradient.get_concrete_function(tf.TensorSpec(shape)))}
+    _assert_same_results(ours, exact)
+    ops = {node.op for node in _kernel_gradient_nodes(project, shape)}
     assert "Conv2DBackpropFilter" not in ops and {"ExtractImagePatches", "MatMul"} <= ops
 
 
 def _weight_gradient_layouts(layer: keras.layers.Layer, shape: tuple[int, ...]) -> set[str]:
     """The data formats of the Conv2DBackpropFilter ops in `layer`'s kernel gradient."""
-
-    @tf.function
-    def kernel_gradient(images):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(images) ** 2)
-        return tape.gradient(loss, layer.kernel)
-
-    nodes = _graph_nodes(kernel_gradient.get_concrete_function(tf.TensorSpec(shape)))
+    nodes = _kernel_gradient_nodes(layer, shape)
     return {node.attr["data_format"].s.decode() for node in nodes if node.op == "Conv2DBackpropFilter"}
 
 
@@ -288,9 +288,7 @@ def test_3x3_convolutions_compute_what_keras_computes_with_the_weight_gradient_o
     project = unet.Conv2D(16, 3, strides=strides, dilation_rate=dilation, padding="same")
     ours, _ = _convolve(project, images)
     exact, _ = _convolve(keras.layers.Conv2D(16, 3, strides=strides, dilation_rate=dilation, padding="same"), images)
-    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
-        assert mine.shape == reference.shape, name
-        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+    _assert_same_results(ours, exact)
     assert _weight_gradient_layouts(project, shape) == layouts
 
 
@@ -311,9 +309,7 @@ def test_a_dilated_convolution_takes_onednn_s_dilated_kernels_when_traced_and_ke
     if policy == "float32":
         ours, _ = _convolve(unet.Conv2D(4, 3, dilation_rate=2, padding="same"), images)
         exact, _ = _convolve(keras.layers.Conv2D(4, 3, dilation_rate=2, padding="same"), images)
-        for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours,
-                                         exact):  # fmt: skip
-            np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+        _assert_same_results(ours, exact)
 
 
 def test_a_dilated_batch_of_one_through_conv3d_computes_what_keras_computes():
@@ -321,7 +317,6 @@ def test_a_dilated_batch_of_one_through_conv3d_computes_what_keras_computes():
     project = unet.Conv2D(6, 3, dilation_rate=2, padding="valid")  # 16 x 16 = 256 output positions
     ours, _ = _convolve(project, images)
     exact, _ = _convolve(keras.layers.Conv2D(6, 3, dilation_rate=2, padding="valid"), images)
-    for name, mine, reference in zip(["outputs", "image gradient", "kernel gradient", "bias gradient"], ours, exact):
-        np.testing.assert_allclose(mine, reference, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+    _assert_same_results(ours, exact)
     forward = tf.function(project).get_concrete_function(tf.TensorSpec(images.shape))
     assert "Conv3D" in {node.op for node in _graph_nodes(forward)}
