@@ -121,8 +121,8 @@ def resnet_generator(config: CycleGANConfig, channels: tuple[int, int], name: st
     width = config.resnet_width
 
     def conv(x, filters: int, kernel: int, layer: str, strides: int = 1, padding: str = "valid"):
-        return keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
-                                   kernel_initializer=init, name=f"{layer}_conv")(x)  # fmt: skip
+        return unet.convolution_layers().Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
+                                                kernel_initializer=init, name=f"{layer}_conv")(x)  # fmt: skip
 
     inputs = keras.Input([None, None, channels[0]], name="gray" if channels[0] == 1 else "color")  # [B, H, W, c_in]
     x = ReflectionPadding2D(3, name="in_pad")(inputs)  # [B, H + 6, W + 6, c_in]

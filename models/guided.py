@@ -80,7 +80,8 @@ _DECODER = [(4, 2, 3), (2, 1, 2), (1, 1, 1)]
 
 
 def _conv(width: int, name: str, dilation: int = 1) -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(width, 3, padding="same", dilation_rate=dilation, activation="relu", name=name)
+    return unet.convolution_layers().Conv2D(width, 3, padding="same", dilation_rate=dilation, activation="relu",
+                                            name=name)  # fmt: skip
 
 
 def guided_network(config: GuidedConfig, name: str = "network") -> keras.Model:

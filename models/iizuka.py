@@ -112,7 +112,7 @@ class Broadcast(keras.layers.Layer):
 def _conv(x: keras.KerasTensor, width: int, name: str, strides: int = 1, kernel: int = 3,
           sides: tuple[int, ...] = ()) -> keras.KerasTensor:  # fmt: skip
     """Convolution, BatchNorm (statistics per side of `sides`), ReLU: every layer of the paper but the outputs."""
-    x = keras.layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
+    x = unet.convolution_layers().Conv2D(width, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
     x = unet.batch_norm(f"{name}_norm", sides)(x)
     return keras.layers.ReLU(name=f"{name}_act")(x)
 

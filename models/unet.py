@@ -8,11 +8,13 @@ each encoder block to its mirror, tanh out. Nazeri et al. (2018) used 5x5 kernel
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import keras
 import tensorflow as tf
 from tensorflow.python.util import _pywrap_util_port
 
+from models import winograd
 from models.config import check, comma_separated
 from preprocess import cpu_flags
 
@@ -300,6 +302,70 @@ def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, st
     return tf.cond(shape[0] * shape[1] * shape[2] <= PHASED_TRANSPOSE_POSITIONS, by_phases, plain)
 
 
+# On AVX2 CPUs, float32 convolutions are faster by Winograd's algorithm, compiled by XLA
+# (models/winograd.py), where they have at least WINOGRAD_CHANNELS input and output channels,
+# WINOGRAD_TILES output blocks, and WINOGRAD_SAVING times fewer multiplications than the
+# direct convolution (an output that fills only part of its blocks saves less). Forward
+# and backward: ECCV16's 3x3 layers of 128-512 channels at 256 px, batch 8, 1.6-3x; the
+# pix2pix 4x4 stride-2 ones 1.6-1.7x (64 and 32 px inputs, batch 1 and 4) and 2.3x (8 px,
+# batch 64); transposed ones 1.6-1.8x; the PatchGAN's stride-1 layer 3.4-3.6x. With 64
+# channels the transforms cost what the products save; with 16 blocks (16x16 -> 8x8 at
+# batch 4) the kernel's transform made the layer 0.55x; 2x2 outputs in 4x4 blocks made
+# the cgan step at 32 px 0.82x. Steps: cgan 1.07-1.35x, zhang 2.1x, iizuka, cyclegan
+# and guided 1.3-2.2x at 256 px (BENCHMARKS.md, "Winograd convolutions"). CPUs with
+# AVX-512, which have oneDNN's own Winograd kernels, and bf16 were not measured and keep
+# oneDNN's convolutions.
+WINOGRAD_CHANNELS = 128
+WINOGRAD_TILES = 64
+WINOGRAD_SAVING = 2.0
+
+
+@tf.function(jit_compile=True)
+def _winograd_convolution(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None, stride: int, padding: str,
+                          dilation: int, transposed: bool) -> tf.Tensor:  # fmt: skip
+    """winograd.convolve (or convolve_transpose) and the bias, compiled by XLA with its gradient."""
+    if transposed:
+        outputs = winograd.convolve_transpose(inputs, kernel)
+    else:
+        outputs = winograd.convolve(inputs, kernel, stride, padding, dilation)
+    return outputs if bias is None else tf.nn.bias_add(outputs, bias)
+
+
+def _by_winograd(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> bool:
+    """Whether `layer` convolves `inputs` by Winograd's algorithm (see WINOGRAD_CHANNELS); a
+    transposed layer as the adjoint of the convolution from its output to its input."""
+    if (inputs.dtype != tf.float32 or layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1
+            or min(inputs.shape[-1] or 0, layer.filters) < WINOGRAD_CHANNELS
+            or len(set(layer.strides)) != 1 or len(set(layer.dilation_rate)) != 1 or "avx512f" in cpu_flags()):  # fmt: skip
+        return False
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        if (tuple(layer.kernel_size) != (4, 4) or layer.strides[0] != 2 or layer.padding != "same"
+                or layer.output_padding is not None or not inputs.shape.is_fully_defined()):  # fmt: skip
+            return False
+        batch, height, width, _ = inputs.shape
+        inputs = tf.TensorSpec([batch, 2 * height, 2 * width, layer.filters])
+    convolution = [list(layer.kernel.shape), layer.strides[0], layer.padding.upper(), layer.dilation_rate[0],
+                   inputs.shape]  # fmt: skip
+    return (winograd.supports(*convolution) and winograd.tiles(*convolution) >= WINOGRAD_TILES
+            and winograd.saving(*convolution) >= WINOGRAD_SAVING)  # fmt: skip
+
+
+def _winograd_layer(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> tf.Tensor:
+    """`layer`'s convolution and bias by `_winograd_convolution`."""
+    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+    return _winograd_convolution(inputs, tf.convert_to_tensor(layer.kernel), bias, layer.strides[0],
+                                 layer.padding.upper(), layer.dilation_rate[0],
+                                 isinstance(layer, keras.layers.Conv2DTranspose))  # fmt: skip
+
+
+def convolution_layers():
+    """This module (its Conv2D and Conv2DTranspose) under a float32 policy, keras.layers
+    otherwise: what the models build their convolutions from. In float32 this module's
+    layers take Winograd's algorithm and the faster weight gradients above; in bf16 the
+    models keep Keras's layers, with which their AMX figures were measured."""
+    return sys.modules[__name__] if keras.mixed_precision.global_policy().compute_dtype == "float32" else keras.layers
+
+
 def _plain(layer: keras.layers.Layer) -> bool:
     """A 2-D convolution the custom gradient below covers: NHWC, no groups; dilated only where
     TensorFlow has gradient kernels for it, oneDNN's in a traced graph (Keras's own call goes
@@ -357,9 +423,12 @@ class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D with the gradients of `_convolution`."""
 
     def call(self, inputs):
-        if not _plain(self):
+        if _by_winograd(self, inputs):
+            outputs = _winograd_layer(self, inputs)
+        elif _plain(self):
+            outputs = _convolution(self, inputs)
+        else:
             return super().call(inputs)
-        outputs = _convolution(self, inputs)
         return self.activation(outputs) if self.activation is not None else outputs
 
 
@@ -368,13 +437,17 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
     """keras.layers.Conv2DTranspose with the gradients of `_convolution`."""
 
     def call(self, inputs):
-        if not _plain(self):
+        if _by_winograd(self, inputs):
+            outputs = _winograd_layer(self, inputs)
+        elif _plain(self):
+            shape = tf.shape(inputs)
+            sides = [shape[1] * self.strides[0], shape[2] * self.strides[1]]
+            if self.padding == "valid":
+                sides = [side + max(size - stride, 0) for side, size, stride in zip(sides, self.kernel_size,
+                                                                                    self.strides)]  # fmt: skip
+            outputs = _convolution(self, inputs, tf.stack([shape[0], *sides, self.filters]))
+        else:
             return super().call(inputs)
-        shape = tf.shape(inputs)
-        sides = [shape[1] * self.strides[0], shape[2] * self.strides[1]]
-        if self.padding == "valid":
-            sides = [side + max(size - stride, 0) for side, size, stride in zip(sides, self.kernel_size, self.strides)]
-        outputs = _convolution(self, inputs, tf.stack([shape[0], *sides, self.filters]))
         return self.activation(outputs) if self.activation is not None else outputs
 
 

@@ -90,10 +90,7 @@ def logits_network(config: ZhangConfig, name: str = "network") -> keras.Model:
     """
     bins = len(color.ab_bins())
     b = config.base_width
-    # The project's convolutions (models/unet.py) train this network 1.2 times as fast in
-    # float32 on AVX2 CPUs (BENCHMARKS.md, "Weight gradients on channels-first data"); its bf16
-    # speed was measured on AMX with Keras's own, which it keeps.
-    layers = unet if keras.mixed_precision.global_policy().compute_dtype == "float32" else keras.layers
+    layers = unet.convolution_layers()
     gray = keras.Input([None, None, 1], name="gray")  # [B, H, W, 1]
     x = gray
     for block, (multiple, convolutions) in enumerate(_BLOCKS, start=1):

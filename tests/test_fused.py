@@ -320,3 +320,69 @@ def test_a_dilated_batch_of_one_through_conv3d_computes_what_keras_computes():
     _assert_same_results(ours, exact)
     forward = tf.function(project).get_concrete_function(tf.TensorSpec(images.shape))
     assert "Conv3D" in {node.op for node in _graph_nodes(forward)}
+
+
+def _winograd_calls(monkeypatch, flags: str) -> list:
+    """The calls `unet.Conv2D` makes to `_winograd_convolution` from now on, on a CPU with `flags`."""
+    monkeypatch.setattr(unet, "cpu_flags", lambda: frozenset(flags.split()))
+    calls = []
+    compiled = unet._winograd_convolution
+    monkeypatch.setattr(unet, "_winograd_convolution", lambda *args: calls.append(args) or compiled(*args))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_side, strides, dilation, flags, by_winograd",
+    [
+        ((64, 8, 8, 128), 4, 2, 1, "avx2", True),  # the 32 px preset's 8x8 -> 4x4 block at batch 64
+        ((2, 32, 32, 128), 3, 1, 2, "avx2", True),  # ECCV16's dilated blocks
+        ((1, 24, 24, 128), 4, 1, 1, "avx2", True),  # the PatchGAN's stride-1 layer
+        ((1, 16, 16, 128), 4, 2, 1, "avx2", False),  # 4 output blocks: too few
+        ((64, 4, 4, 128), 4, 2, 1, "avx2", False),  # 2x2 outputs in 4x4 blocks: more multiplications
+        ((64, 8, 8, 64), 4, 2, 1, "avx2", False),  # 64 input channels: too few
+        ((64, 8, 8, 128), 4, 2, 1, "avx2 avx512f", False),  # measured on AVX2 only
+        ((16, 8, 8, 128), 3, 2, 1, "avx2", False),  # strided 3x3: no transforms
+    ],
+)
+def test_wide_float32_convolutions_go_through_winograd_and_compute_what_keras_computes(
+    monkeypatch, shape, kernel_side, strides, dilation, flags, by_winograd
+):
+    """unet.Conv2D's route: float32 layers of at least WINOGRAD_CHANNELS input and output
+    channels, WINOGRAD_TILES output blocks and WINOGRAD_SAVING, on a CPU without AVX-512,
+    convolve by `_winograd_convolution`, and give Keras's outputs and gradients."""
+    calls = _winograd_calls(monkeypatch, flags)
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    arguments = dict(filters=128, kernel_size=kernel_side, strides=strides, dilation_rate=dilation, padding="same")
+    ours, _ = _convolve(unet.Conv2D(**arguments), images)
+    assert bool(calls) == by_winograd
+    exact, _ = _convolve(keras.layers.Conv2D(**arguments), images)
+    _assert_same_results(ours, exact, tolerance=2e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, filters, by_winograd",
+    [
+        ((64, 4, 4, 512), 128, True),  # the 32 px preset's 4x4 -> 8x8 block at batch 64
+        ((1, 32, 32, 128), 128, True),  # the pix2pix decoder's 32x32 -> 64x64 block at batch 1
+        ((1, 16, 16, 256), 128, False),  # 16 output blocks: too few
+        ((64, 2, 2, 256), 128, False),  # a 2x2 input in each 4x4 block: more multiplications
+        ((64, 4, 4, 512), 64, False),  # 64 output channels: too few
+    ],
+)
+def test_wide_float32_transposed_convolutions_go_through_winograd_and_compute_what_keras_computes(
+    monkeypatch, shape, filters, by_winograd
+):
+    calls = _winograd_calls(monkeypatch, "avx2")
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    ours, _ = _convolve(unet.Conv2DTranspose(filters, 4, strides=2, padding="same"), images)
+    assert bool(calls) == by_winograd
+    exact, _ = _convolve(keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same"), images)
+    _assert_same_results(ours, exact, tolerance=2e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+def test_bf16_convolutions_keep_onednn_s(monkeypatch, policy):
+    calls = _winograd_calls(monkeypatch, "avx2")
+    images = tf.constant(np.random.default_rng(0).normal(size=(64, 8, 8, 128)).astype("float32"))
+    outputs, _ = _convolve(unet.Conv2D(128, 4, strides=2, padding="same"), images)
+    assert outputs[0].shape == (64, 4, 4, 128) and not calls

@@ -128,3 +128,28 @@ def test_mixed_bfloat16_computes_in_16_bits_and_outputs_float32():
     logits = discriminator([gray, fake_color], training=True)
     assert fake_color.dtype == tf.float32 and logits.dtype == tf.float32
     assert bool(tf.reduce_all(tf.math.is_finite(logits)))
+
+
+def _layers(network: keras.Model) -> list[keras.layers.Layer]:
+    nested = [_layers(layer) if isinstance(layer, keras.Model) else [layer] for layer in network.layers]
+    return [layer for layers in nested for layer in layers]
+
+
+@pytest.mark.parametrize("name", ["zhang", "iizuka", "cyclegan", "guided"])
+def test_float32_models_build_on_the_project_s_convolutions_and_bf16_ones_on_keras_s(name):
+    """unet.convolution_layers(): Winograd's algorithm and the faster weight gradients
+    (models/unet.py) in float32; Keras's layers in bf16, where they were measured. (The
+    PatchGAN cyclegan borrows from pix2pix is on the project's layers in both.)"""
+    entry = models.get(name)
+    previous = keras.mixed_precision.global_policy()
+    kinds = {}
+    try:
+        for policy in ("float32", "mixed_bfloat16"):
+            keras.mixed_precision.set_global_policy(policy)
+            networks = models.build(name, override(entry.config(), entry.presets[32]))
+            kinds[policy] = {type(layer) for key, network in networks.items() if not key.startswith("discriminator")
+                             for layer in _layers(network)}  # fmt: skip
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert unet.Conv2D in kinds["float32"] and unet.Conv2D not in kinds["mixed_bfloat16"]
+    assert keras.layers.Conv2D in kinds["mixed_bfloat16"]
