@@ -308,14 +308,15 @@ def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, st
 # direct convolution (an output that fills only part of its blocks saves less). Forward
 # and backward: ECCV16's 3x3 layers of 128-512 channels at 256 px, batch 8, 1.6-3x; the
 # pix2pix 4x4 stride-2 ones 1.6-1.7x (64 and 32 px inputs, batch 1 and 4) and 2.3x (8 px,
-# batch 64); transposed ones 1.6-1.8x; the PatchGAN's stride-1 layer 3.4-3.6x. With 64
-# channels the transforms cost what the products save; with 16 blocks (16x16 -> 8x8 at
+# batch 64); transposed ones 1.6-1.8x; the PatchGAN's stride-1 layer 3.4-3.6x. 64-channel
+# layers timed even alone but made whole steps faster (cgan 256 px batch 4 +11%, batch 1
+# +3-6%, zhang +2-3%, iizuka +4-9%); with 16 blocks (16x16 -> 8x8 at
 # batch 4) the kernel's transform made the layer 0.55x; 2x2 outputs in 4x4 blocks made
 # the cgan step at 32 px 0.82x. Steps: cgan 1.07-1.35x, zhang 2.1x, iizuka, cyclegan
 # and guided 1.3-2.2x at 256 px (BENCHMARKS.md, "Winograd convolutions"). CPUs with
 # AVX-512, which have oneDNN's own Winograd kernels, and bf16 were not measured and keep
 # oneDNN's convolutions.
-WINOGRAD_CHANNELS = 128
+WINOGRAD_CHANNELS = 64
 WINOGRAD_TILES = 64
 WINOGRAD_SAVING = 2.0
 
