@@ -103,23 +103,33 @@ def check(export_dir: Path, temperature: float | None, hints: bool = False) -> N
         raise CheckFailed(f"saved_model_cli run: serving_default gave {rgb.dtype} {rgb.shape}, not uint8 (1,64,48,3)")
 
 
+WINOGRAD_HELP = (
+    "float32 convolutions of 64 channels and more by Winograd's algorithm, compiled by XLA for each size and "
+    "batch the graph meets (a few seconds the first time): on CPUs without AVX-512, zhang colorizes about 1.7x "
+    "as fast and cgan at batch 16 1.35x (BENCHMARKS.md). TF Serving runs such an export only when started with "
+    "--xla_cpu_compilation_enabled=true; colorize, make serve and make evaluate run it as is"
+)
+
+
 def export_run(run: Path, out: Path, name: str | None = None, version: int | None = None,
                checkpoint: str = "best", size: int | None = None, serving_root: str = "/models",
                temperature: float | None = None, decode_rebalance: float | None = None,
                precision: str = "float32", weights: str = "float32",
-               chroma_gain: float | None = None) -> Path:  # fmt: skip
+               chroma_gain: float | None = None, winograd: bool = False) -> Path:  # fmt: skip
     """Export the generator of `run` to out/<name>/<version>; returns that folder.
 
     `temperature`: the default decoding temperature written into export.json for models
     that take one (default: the run's), e.g. the one a `make evaluate --temperatures` sweep
     chose; `decode_rebalance` and `chroma_gain`: zhang's rebalancing and chroma gain at
     decoding, fixed in the graph; `precision`: the graph's compute precision (PRECISIONS);
-    `weights`: how the kernels are stored (savedmodel.WEIGHTS).
+    `weights`: how the kernels are stored (savedmodel.WEIGHTS); `winograd`: see WINOGRAD_HELP.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision={precision}: valid: {', '.join(PRECISIONS)}")
     if weights not in savedmodel.WEIGHTS:
         raise ConfigError(f"--weights={weights}: valid: {', '.join(savedmodel.WEIGHTS)}")
+    if winograd and precision != "float32":
+        raise ConfigError(f"--winograd: Winograd's convolutions are float32 only, not --precision={precision}")
     saved = models.read_run_config(run)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)  # layers take their compute dtype when built
@@ -158,7 +168,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
     shutil.rmtree(partial, ignore_errors=True)
     try:
         savedmodel.write(generator, partial, size, saved.model_config.stride, temperature is not None, hints=hints,
-                         weights=weights)
+                         weights=weights, winograd=winograd)
         info = {
             "model": saved.model,
             "model_config": dataclasses.asdict(saved.model_config),
@@ -169,6 +179,7 @@ def export_run(run: Path, out: Path, name: str | None = None, version: int | Non
             "hints": hints,  # the guided signatures are there (colorize --hints / --reference)
             "precision": precision,
             "weights": weights,
+            "winograd": winograd,
             "run": str(run.resolve()),
             "checkpoint": checkpoint,
             "signatures": {
@@ -226,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--weights", choices=savedmodel.WEIGHTS, default="float32",
         help="how the kernels are stored: float32 (default) or bfloat16 (half the size; the graph still "
              "computes at --precision; costs nothing for a run trained in mixed_bfloat16)")  # fmt: skip
+    add("--winograd", action="store_true", help=WINOGRAD_HELP)
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1 or args.size is not None and args.size < 1:
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.size, args.serving_root,
                             args.temperature, args.decode_rebalance, args.precision, args.weights,
-                            args.chroma_gain)  # fmt: skip
+                            args.chroma_gain, args.winograd)  # fmt: skip
     except (ConfigError, FileNotFoundError) as error:
         print(f"make export: {error}", file=sys.stderr)
         return 2
@@ -251,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {args.run} ({info['model']}, {args.checkpoint} checkpoint) to {target} in "
         f"{time.perf_counter() - started:.1f} s: {folder_size(target) / 2**20:.1f} MiB, working size "
-        f"{info['working_size']}, stride {info['stride']}, {info['precision']}, {info['weights']} kernels; "
+        f"{info['working_size']}, stride {info['stride']}, {info['precision']}, {info['weights']} kernels"
+        f"{', Winograd convolutions' if info['winograd'] else ''}; "
         f"checked by saved_model_cli and its warm-up requests"
     )
     print(f"TF Serving: {args.out / serving.MODELS_CONFIG} lists it; colorize: "

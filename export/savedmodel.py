@@ -35,6 +35,7 @@ JSON [] has no inner dimension to give an [N, K, 2] tensor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -46,7 +47,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from export.guidance import MIN_REFERENCE_CHROMA, REFERENCE_SIDE
-from models import hints
+from models import hints, unet
 from preprocess import color
 
 # Full-resolution pixels (over the batch) converted per step. A 12 MP photo in one piece
@@ -471,13 +472,17 @@ WEIGHTS = ("float32", "bfloat16")
 
 
 def write(generator: keras.Model, path: str | Path, working_size: int, stride: int, temperature: bool,
-          max_pixels: int = MAX_PIXELS, hints: bool = False, weights: str = "float32") -> None:  # fmt: skip
+          max_pixels: int = MAX_PIXELS, hints: bool = False, weights: str = "float32",
+          winograd: bool = False) -> None:  # fmt: skip
     """Write the SavedModel with every signature into `path` (which must not exist yet);
     `hints`: the generator takes them (`takes_hints`), and the guided signatures are added;
-    `weights`: how its kernels are stored (WEIGHTS)."""
+    `weights`: how its kernels are stored (WEIGHTS); `winograd`: the wide float32 convolutions
+    go by Winograd's algorithm, compiled by XLA for each size they are run at
+    (models.unet.winograd_at_any_size)."""
     if weights == "bfloat16":
         generator = KernelsStoredInBfloat16(generator)
-    generator = FrozenWeights(generator, generator_inputs(temperature, hints))
+    with unet.winograd_at_any_size() if winograd else contextlib.nullcontext():
+        generator = FrozenWeights(generator, generator_inputs(temperature, hints))
     archive = keras.export.ExportArchive()
     # No archive.track(generator): the endpoints hold its weights as constants, and tracking it
     # would store its variables as well (keras-team/keras#23553: twice the size, twice the memory

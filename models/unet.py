@@ -7,8 +7,10 @@ each encoder block to its mirror, tanh out. Nazeri et al. (2018) used 5x5 kernel
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
@@ -260,6 +262,19 @@ PHASED_TRANSPOSE_POSITIONS = 1024
 PHASED_TRANSPOSE_CHANNELS = 3
 
 
+def _either(choice: tf.Tensor, inputs: tf.Tensor, if_true: Callable[[tf.Tensor], tf.Tensor],
+            if_false: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:  # fmt: skip
+    """if_true(inputs) if `choice` (a bool tensor) else if_false(inputs), decided when run: a
+    Switch of `inputs` alone and a Merge, as a lowered tf.cond but without one's Switch on
+    every other input. Through those, a frozen graph's kernels stop being constants: the
+    graph optimiser no longer folds their transforms and oneDNN no longer keeps them in its
+    layout between calls; the pix2pix generator traced for any size (the export) ran at
+    half the speed of one traced for its size. For inference graphs and custom gradients'
+    forward passes only: nothing differentiates through it."""
+    otherwise, chosen = tf.raw_ops.Switch(data=inputs, pred=choice)
+    return tf.raw_ops.Merge(inputs=[if_false(otherwise), if_true(chosen)]).output
+
+
 def _transpose_by_phases(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """tf.nn.conv2d_transpose(inputs, kernel, stride 2, SAME) for a 4x4 `kernel` [4, 4, out, in],
     computed as one stride-1 2x2 convolution that gives each of the four output phases
@@ -286,20 +301,20 @@ def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, st
     size unknown when traced (the export's signatures), chosen in the graph at each call.
     `output_shape` must be what Conv2DTranspose gives: with SAME padding, twice the input's sides."""
 
-    def plain():
+    def plain(inputs: tf.Tensor) -> tf.Tensor:
         return tf.nn.conv2d_transpose(inputs, kernel, output_shape, strides, padding)
 
-    def by_phases():
+    def by_phases(inputs: tf.Tensor) -> tf.Tensor:
         return _transpose_by_phases(inputs, kernel)
 
     if tuple(kernel.shape[:2]) != (4, 4) or list(strides) != [1, 2, 2, 1] or padding != "SAME":
-        return plain()
+        return plain(inputs)
     if kernel.shape[2] <= PHASED_TRANSPOSE_CHANNELS:
-        return by_phases()
+        return by_phases(inputs)
     if inputs.shape[:3].is_fully_defined():
-        return by_phases() if inputs.shape[:3].num_elements() <= PHASED_TRANSPOSE_POSITIONS else plain()
+        return by_phases(inputs) if inputs.shape[:3].num_elements() <= PHASED_TRANSPOSE_POSITIONS else plain(inputs)
     shape = tf.shape(inputs)
-    return tf.cond(shape[0] * shape[1] * shape[2] <= PHASED_TRANSPOSE_POSITIONS, by_phases, plain)
+    return _either(shape[0] * shape[1] * shape[2] <= PHASED_TRANSPOSE_POSITIONS, inputs, by_phases, plain)
 
 
 # On AVX2 CPUs, float32 convolutions are faster by Winograd's algorithm, compiled by XLA
@@ -319,6 +334,11 @@ def _transpose(inputs: tf.Tensor, kernel: tf.Tensor, output_shape: tf.Tensor, st
 WINOGRAD_CHANNELS = 64
 WINOGRAD_TILES = 64
 WINOGRAD_SAVING = 2.0
+# Decided when run (an export's graphs, models.unet.winograd_at_any_size: forward passes
+# alone, where fewer blocks share the kernel's transform than in a training step): the
+# pix2pix generator at 256 px, batch 1, 0.94x with 64 blocks and even with 256; at batch
+# 16, 1.13x and 1.18x.
+WINOGRAD_TILES_WHEN_RUN = 256
 
 
 @tf.function(jit_compile=True)
@@ -332,23 +352,47 @@ def _winograd_convolution(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor 
     return outputs if bias is None else tf.nn.bias_add(outputs, bias)
 
 
-def _by_winograd(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> bool:
+_winograd_at_any_size = False
+
+
+@contextlib.contextmanager
+def winograd_at_any_size() -> Iterator[None]:
+    """Layers traced within, with sides unknown (an export's graphs), choose between Winograd's
+    algorithm and oneDNN's convolution when run, by the sizes they get, as traced ones do by
+    theirs; XLA compiles each layer once per size it sees. Off by default: such a graph needs
+    XLA when run, which TF Serving has only with --xla_cpu_compilation_enabled."""
+    global _winograd_at_any_size
+    previous, _winograd_at_any_size = _winograd_at_any_size, True
+    try:
+        yield
+    finally:
+        _winograd_at_any_size = previous
+
+
+def _by_winograd(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> bool | tf.Tensor:
     """Whether `layer` convolves `inputs` by Winograd's algorithm (see WINOGRAD_CHANNELS); a
-    transposed layer as the adjoint of the convolution from its output to its input."""
+    transposed layer as the adjoint of the convolution from its output to its input. A bool
+    tensor for sides unknown when traced, within `winograd_at_any_size`."""
     if (inputs.dtype != tf.float32 or layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1
             or min(inputs.shape[-1] or 0, layer.filters) < WINOGRAD_CHANNELS
-            or len(set(layer.strides)) != 1 or len(set(layer.dilation_rate)) != 1 or "avx512f" in cpu_flags()):  # fmt: skip
+            or len(set(layer.strides)) != 1 or len(set(layer.dilation_rate)) != 1 or "avx512f" in cpu_flags()
+            or not (inputs.shape.is_fully_defined() or _winograd_at_any_size)):  # fmt: skip
         return False
+    shape = winograd.dims(inputs)
     if isinstance(layer, keras.layers.Conv2DTranspose):
         if (tuple(layer.kernel_size) != (4, 4) or layer.strides[0] != 2 or layer.padding != "same"
-                or layer.output_padding is not None or not inputs.shape.is_fully_defined()):  # fmt: skip
+                or layer.output_padding is not None):  # fmt: skip
             return False
-        batch, height, width, _ = inputs.shape
-        inputs = tf.TensorSpec([batch, 2 * height, 2 * width, layer.filters])
-    convolution = [list(layer.kernel.shape), layer.strides[0], layer.padding.upper(), layer.dilation_rate[0],
-                   inputs.shape]  # fmt: skip
-    return (winograd.supports(*convolution) and winograd.tiles(*convolution) >= WINOGRAD_TILES
-            and winograd.saving(*convolution) >= WINOGRAD_SAVING)  # fmt: skip
+        batch, height, width, _ = shape
+        shape = [batch, 2 * height, 2 * width, layer.filters]
+    convolution = [list(layer.kernel.shape), layer.strides[0], layer.padding.upper(), layer.dilation_rate[0], shape]
+    supported = winograd.supports(*convolution)
+    if supported is False:
+        return False
+    # (counted for supported sizes only while they are ints: an empty output would divide by zero)
+    tiles = WINOGRAD_TILES if inputs.shape.is_fully_defined() else WINOGRAD_TILES_WHEN_RUN
+    return winograd.all_of([supported, winograd.tiles(*convolution) >= tiles,
+                            winograd.saving(*convolution) >= WINOGRAD_SAVING])  # fmt: skip
 
 
 def _winograd_layer(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> tf.Tensor:
@@ -357,6 +401,28 @@ def _winograd_layer(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> tf.Tensor:
     return _winograd_convolution(inputs, tf.convert_to_tensor(layer.kernel), bias, layer.strides[0],
                                  layer.padding.upper(), layer.dilation_rate[0],
                                  isinstance(layer, keras.layers.Conv2DTranspose))  # fmt: skip
+
+
+def _convolved(layer: keras.layers.Conv2D, inputs: tf.Tensor, keras_call: Callable[[tf.Tensor], tf.Tensor],
+               direct: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:  # fmt: skip
+    """`layer`'s outputs: by Winograd's algorithm where `_by_winograd`, else by `direct` (its
+    convolution and bias) where `_plain`, else by Keras's own `keras_call`."""
+
+    def activated(outputs: tf.Tensor) -> tf.Tensor:
+        return layer.activation(outputs) if layer.activation is not None else outputs
+
+    def by_winograd(inputs: tf.Tensor) -> tf.Tensor:
+        return activated(_winograd_layer(layer, inputs))
+
+    def otherwise(inputs: tf.Tensor) -> tf.Tensor:
+        return activated(direct(inputs)) if _plain(layer) else keras_call(inputs)
+
+    chosen = _by_winograd(layer, inputs)
+    if chosen is False:
+        return otherwise(inputs)
+    if chosen is True:
+        return by_winograd(inputs)
+    return _either(chosen, inputs, by_winograd, otherwise)
 
 
 def convolution_layers():
@@ -424,13 +490,7 @@ class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D with the gradients of `_convolution`."""
 
     def call(self, inputs):
-        if _by_winograd(self, inputs):
-            outputs = _winograd_layer(self, inputs)
-        elif _plain(self):
-            outputs = _convolution(self, inputs)
-        else:
-            return super().call(inputs)
-        return self.activation(outputs) if self.activation is not None else outputs
+        return _convolved(self, inputs, super().call, lambda inputs: _convolution(self, inputs))
 
 
 @keras.saving.register_keras_serializable(package="colorize")
@@ -438,18 +498,15 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
     """keras.layers.Conv2DTranspose with the gradients of `_convolution`."""
 
     def call(self, inputs):
-        if _by_winograd(self, inputs):
-            outputs = _winograd_layer(self, inputs)
-        elif _plain(self):
+        def direct(inputs: tf.Tensor) -> tf.Tensor:
             shape = tf.shape(inputs)
             sides = [shape[1] * self.strides[0], shape[2] * self.strides[1]]
             if self.padding == "valid":
                 sides = [side + max(size - stride, 0) for side, size, stride in zip(sides, self.kernel_size,
                                                                                     self.strides)]  # fmt: skip
-            outputs = _convolution(self, inputs, tf.stack([shape[0], *sides, self.filters]))
-        else:
-            return super().call(inputs)
-        return self.activation(outputs) if self.activation is not None else outputs
+            return _convolution(self, inputs, tf.stack([shape[0], *sides, self.filters]))
+
+        return _convolved(self, inputs, super().call, direct)
 
 
 def batch_norm(name: str, sides: tuple[int, ...] = ()) -> keras.layers.BatchNormalization:

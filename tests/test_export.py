@@ -27,7 +27,7 @@ from export import savedmodel, serving
 from export.client import ServingClient, ServingError
 from export.images import load_photo
 from export.inference import INFO_FILE, Colorizer
-from models import zhang
+from models import unet, zhang
 from models.config import ConfigError
 from preprocess import color
 from tests.helpers import WORKING_SIZE, FakeServing, TrainSettings, encode, make_run, photo, tiny_generator
@@ -397,6 +397,43 @@ def test_bf16_kernels_halve_the_export_and_keep_its_colours(exported, tmp_path, 
            for folder in (exported, compact)}  # fmt: skip
     difference = np.abs(rgb[compact] - rgb[exported])
     assert difference.max() <= 3 and difference.mean() < 0.5
+
+
+def _xla_compiled_functions(export_dir: Path) -> int:
+    saved = saved_model_pb2.SavedModel.FromString((export_dir / "saved_model.pb").read_bytes())
+    return sum(function.attr["_XlaMustCompile"].b for function in saved.meta_graphs[0].graph_def.library.function)
+
+
+def test_a_winograd_export_compiles_its_convolutions_by_xla_and_keeps_the_colours(
+    exported, tmp_path, capsys, monkeypatch
+):
+    """--winograd: the tiny model's layers are too narrow for Winograd, so the thresholds are
+    lowered to take every layer it computes; the default export has nothing XLA must compile
+    (TF Serving, without --xla_cpu_compilation_enabled, runs it)."""
+    monkeypatch.setattr(unet, "cpu_flags", lambda: frozenset({"avx2"}))
+    for threshold in ("WINOGRAD_CHANNELS", "WINOGRAD_TILES", "WINOGRAD_TILES_WHEN_RUN", "WINOGRAD_SAVING"):
+        monkeypatch.setattr(unet, threshold, 0)
+    assert export_cli.main([f"--run={exported.parents[2] / 'run'}", f"--out={tmp_path}", "--winograd"]) == 0
+    assert "Winograd convolutions" in capsys.readouterr().out
+    fast = tmp_path / "regression" / "1"
+    assert json.loads((fast / INFO_FILE).read_text())["winograd"] is True
+    assert json.loads((exported / INFO_FILE).read_text())["winograd"] is False
+    assert _xla_compiled_functions(fast) > 0 and _xla_compiled_functions(exported) == 0
+
+    rgb = {}
+    for folder in (exported, fast):
+        colorizer = Colorizer(folder)
+        rgb[folder] = [colorizer.colorize(photo(height, width, seed=5)).astype(int)
+                       for height, width in [(40, 56), (64, 48)]]  # fmt: skip
+    for default, winograd in zip(rgb[exported], rgb[fast]):
+        assert np.abs(default - winograd).max() <= 1
+
+
+def test_winograd_exports_are_float32(exported, tmp_path, capsys):
+    run = exported.parents[2] / "run"
+    assert export_cli.main([f"--run={run}", f"--out={tmp_path}", "--winograd", "--precision=mixed_bfloat16"]) == 2
+    assert "float32 only" in capsys.readouterr().err
+    assert not (tmp_path / "regression").exists()
 
 
 def test_export_refuses_an_unknown_precision(exported, tmp_path, capsys):

@@ -193,11 +193,11 @@ def test_transposed_convolutions_take_the_faster_route_and_compute_the_same(shap
 
     unknown = tf.function(lambda images: layer(images)).get_concrete_function(tf.TensorSpec([None, None, None, 8]))
     np.testing.assert_allclose(unknown(images).numpy(), expected.numpy(), atol=1e-5)
-    unknown_ops = {node.op for node in _graph_nodes(unknown)}
+    unknown_ops = [node.op for node in _graph_nodes(unknown)]
     if filters <= unet.PHASED_TRANSPOSE_CHANNELS:
         assert "Conv2DBackpropInput" not in unknown_ops
-    else:  # both routes in the graph, one taken per call
-        assert {"If", "StatelessIf"} & unknown_ops and "Conv2DBackpropInput" in unknown_ops
+    else:  # both routes in the graph, one taken per call; only the input is switched, the kernel reaches both as is
+        assert unknown_ops.count("Switch") == 1 and "Conv2DBackpropInput" in unknown_ops
 
 
 @pytest.mark.parametrize(
@@ -378,6 +378,53 @@ def test_wide_float32_transposed_convolutions_go_through_winograd_and_compute_wh
     assert bool(calls) == by_winograd
     exact, _ = _convolve(keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same"), images)
     _assert_same_results(ours, exact, tolerance=2e-5)
+
+
+_STRIDED = dict(filters=128, kernel_size=4, strides=2, padding="same")
+_DILATED = dict(filters=128, kernel_size=3, dilation_rate=2, padding="same")
+
+
+@pytest.mark.parametrize(
+    "transposed, arguments, shape, by_winograd",
+    [
+        (False, _STRIDED, (64, 16, 16, 128), True),  # 256 output blocks
+        (False, _STRIDED, (64, 8, 8, 128), False),  # 64: enough in a training step, too few for a forward pass
+        (False, _STRIDED, (64, 4, 4, 128), False),  # 2x2 outputs in 4x4 blocks
+        (False, _DILATED, (4, 32, 32, 128), True),
+        (False, _DILATED, (4, 32, 31, 128), False),  # an odd side: no 2x2 interleaved grids
+        (False, dict(filters=128, kernel_size=4, padding="valid"), (1, 3, 40, 128), False),  # an empty output
+        (True, _STRIDED, (4, 32, 32, 128), True),
+        (True, _STRIDED, (1, 32, 32, 128), False),
+    ],
+)
+def test_layers_traced_for_any_size_choose_winograd_by_the_size_they_run_at(
+    monkeypatch, transposed, arguments, shape, by_winograd
+):
+    """An export's graphs are traced with sides unknown; within winograd_at_any_size each layer
+    decides when run, by the size it gets (WINOGRAD_TILES_WHEN_RUN blocks at least), and
+    computes what Keras's does."""
+    monkeypatch.setattr(unet, "cpu_flags", lambda: frozenset({"avx2"}))
+    classes = [unet.Conv2DTranspose, keras.layers.Conv2DTranspose] if transposed else [unet.Conv2D, keras.layers.Conv2D]
+    ours, exact = (layer_class(**arguments) for layer_class in classes)
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    for layer in (ours, exact):
+        layer.build((None, None, None, shape[-1]))
+    ours.kernel.assign(np.random.default_rng(1).normal(0.0, 0.2, ours.kernel.shape))
+    exact.set_weights(ours.get_weights())
+    any_size = tf.TensorSpec([None, None, None, shape[-1]])
+    outside = []  # the default export's: oneDNN's convolution, decided when traced
+    tf.function(lambda x: outside.append(unet._by_winograd(ours, x)) or x).get_concrete_function(any_size)
+    assert outside == [False]
+    with unet.winograd_at_any_size():
+        route = tf.function(lambda x: tf.convert_to_tensor(unet._by_winograd(ours, x))).get_concrete_function(any_size)
+        forward = tf.function(lambda x: ours(x)).get_concrete_function(any_size)
+    assert bool(route(images)) == by_winograd
+    if arguments["padding"] == "valid" and min(shape[1:3]) < arguments["kernel_size"]:
+        return  # an empty output, which TensorFlow's convolution gives as a row of uninitialised memory
+    expected = exact(images).numpy()
+    outputs = forward(images).numpy()
+    assert outputs.shape == expected.shape
+    np.testing.assert_allclose(outputs, expected, atol=2e-5 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)

@@ -54,6 +54,34 @@ def test_convolve_computes_what_conv2d_computes_both_ways(shape, kernel_side, st
         np.testing.assert_allclose(mine, reference, atol=2e-5 * np.abs(reference).max(), err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "shape, kernel_side, stride, padding, dilation",
+    [((2, 9, 7, 3), 3, 1, "SAME", 1), ((2, 12, 8, 3), 3, 1, "SAME", 2), ((2, 7, 9, 3), 4, 2, "SAME", 1),
+     ((2, 9, 10, 3), 4, 2, "VALID", 1), ((2, 10, 11, 3), 4, 1, "SAME", 1)],
+)  # fmt: skip
+def test_convolve_traced_for_any_size_and_compiled_by_xla_computes_what_conv2d_computes(
+    shape, kernel_side, stride, padding, dilation
+):
+    """As an export runs it: traced with the sides and batch unknown, compiled by XLA at the
+    size it is called with, and again at another."""
+    rng = np.random.default_rng(0)
+    kernel = tf.constant(rng.normal(size=(kernel_side, kernel_side, shape[-1], 5)), tf.float32)
+    any_size = tf.TensorSpec([None, None, None, shape[-1]])
+    convolve = tf.function(lambda x: winograd.convolve(x, kernel, stride, padding, dilation), jit_compile=True)
+    convolve_transpose = tf.function(lambda x: winograd.convolve_transpose(x, kernel), jit_compile=True)
+    for sides in [shape, (3, shape[1] + 4, shape[2] + 8, shape[-1])]:
+        images = tf.constant(rng.normal(size=sides), tf.float32)
+        exact = tf.nn.conv2d(images, kernel, stride, padding, dilations=dilation).numpy()
+        ours = convolve.get_concrete_function(any_size)(images).numpy()
+        assert ours.shape == exact.shape
+        np.testing.assert_allclose(ours, exact, atol=2e-5 * np.abs(exact).max())
+    if stride == 2 and padding == "SAME":
+        outputs = tf.constant(rng.normal(size=(2, 5, 3, 5)), tf.float32)
+        exact = tf.nn.conv2d_transpose(outputs, kernel, [2, 10, 6, shape[-1]], 2, "SAME").numpy()
+        ours = convolve_transpose.get_concrete_function(tf.TensorSpec([None, None, None, 5]))(outputs).numpy()
+        np.testing.assert_allclose(ours, exact, atol=2e-5 * np.abs(exact).max())
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 5, 7, 3), (3, 4, 4, 3)])
 def test_convolve_transpose_computes_what_conv2d_transpose_computes_both_ways(shape):
     rng = np.random.default_rng(0)
@@ -81,6 +109,9 @@ def test_convolve_transpose_computes_what_conv2d_transpose_computes_both_ways(sh
 )
 def test_supports_only_what_convolve_computes(kernel_shape, stride, padding, dilation, shape, supported):
     assert winograd.supports(kernel_shape, stride, padding, dilation, tf.TensorShape(shape)) == supported
+    if None not in shape:  # sides known only when run: the same answer, as a tensor where it depends on them
+        sides = [tf.constant(side) for side in shape]
+        assert bool(winograd.supports(kernel_shape, stride, padding, dilation, sides)) == supported
 
 
 @pytest.mark.parametrize(
@@ -100,3 +131,8 @@ def test_tiles_and_saving_count_the_output_blocks_and_the_multiplications(
     convolution = [kernel_shape, stride, "SAME", dilation, tf.TensorShape(shape)]
     assert winograd.tiles(*convolution) == tiles
     assert winograd.saving(*convolution) == pytest.approx(saving)
+    # the same counts for sides known only when run (an export's), as tensors
+    convolution[-1] = [tf.constant(side) for side in shape]
+    assert winograd.tiles(*convolution).numpy() == tiles
+    assert winograd.saving(*convolution).numpy() == pytest.approx(saving)
+    assert bool(winograd.supports(*convolution))

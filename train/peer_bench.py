@@ -20,6 +20,7 @@ close to the thread count on an idle machine) shows which ones other processes s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -66,7 +67,8 @@ class PeerSetupError(Exception):
 class Case:
     """One row: a project configuration and the reference configuration it is compared with."""
 
-    kind: Literal["train", "generator"]  # a training step, or the generator's forward pass
+    # a training step; the generator's forward pass as `make export` freezes it, or as `--winograd` does
+    kind: Literal["train", "generator", "generator-winograd"]
     model: str  # the project's model name (models.MODELS), at its preset for `size`
     size: int
     batch: int
@@ -79,7 +81,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        what = "train step" if self.kind == "train" else "generator inference"
+        what = {"train": "train step", "generator": "generator inference",
+                "generator-winograd": "generator inference, --winograd export"}[self.kind]  # fmt: skip
         return f"{self.model} {what}, {self.size} px, batch {self.batch}"
 
 
@@ -92,6 +95,10 @@ CASES = (
     Case("generator", "cgan", 256, 1, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
     Case("generator", "cgan", 256, 16, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
     Case("generator", "zhang", 256, 8, "eccv16_inference_256px", "ECCV16 forward (eval), softmax to ab, x4 upsampling"),
+    Case("generator-winograd", "cgan", 256, 1, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
+    Case("generator-winograd", "cgan", 256, 16, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
+    Case("generator-winograd", "zhang", 256, 8, "eccv16_inference_256px",
+         "ECCV16 forward (eval), softmax to ab, x4 upsampling"),
     Case("train", "zhang", 256, 8, "eccv16_train_step_ce313_256px_in_64px_out",
          "ECCV16 classification step: 313-way cross-entropy at 1/4 size, Adam"),
 )  # fmt: skip
@@ -175,7 +182,8 @@ def timed(step: Callable[[], object], batch: int, iters: int, warmup: int) -> di
 def time_project(kind: str, model: str, size: int, batch: int, precision: str, iters: int, warmup: int) -> dict:
     """Run in a fresh process: a train step as `python -m train` runs it, or the generator's
     forward pass as the export calls it (its weights frozen into the graph, inside a
-    tf.function), at the model's preset for `size` under `precision`."""
+    tf.function; traced for any size, with Winograd's convolutions for "generator-winograd"),
+    at the model's preset for `size` under `precision`."""
     if kind == "train":
         with synthetic_training(model, size, batch, precision) as (training, data):
             return timed(lambda: wait(training.train_step(data)), batch, iters, warmup)
@@ -184,6 +192,7 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
 
     import models
     from export.savedmodel import FrozenWeights
+    from models import unet
     from models.config import override
     from train import loop
     from train.config import TrainConfig
@@ -192,8 +201,11 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
     with loop.runtime(TrainConfig(precision=precision)):
         generator = models.build(model, override(entry.config(), entry.presets[size]))["generator"]
         gray = tf.random.Generator.from_seed(0).uniform([batch, size, size, 1], -1, 1)
-        frozen = FrozenWeights(generator, [gray])
-        forward = tf.function(lambda gray: frozen(gray))
+        with unet.winograd_at_any_size() if kind == "generator-winograd" else contextlib.nullcontext():
+            frozen = FrozenWeights(generator, [gray])
+        # traced for any size, as the export's signatures are: traced for this size, the graph
+        # optimiser would resolve at trace time what the export decides at each call
+        forward = tf.function(lambda gray: frozen(gray), input_signature=[tf.TensorSpec([None] * 4)])
         return timed(lambda: forward(gray).numpy(), batch, iters, warmup)
 
 
