@@ -105,9 +105,9 @@ def check(export_dir: Path, temperature: float | None, hints: bool = False) -> N
 
 WINOGRAD_HELP = (
     "float32 convolutions of 64 channels and more by Winograd's algorithm, compiled by XLA for each size and "
-    "batch the graph meets (a few seconds the first time): on CPUs without AVX-512, zhang colorizes about 1.7x "
-    "as fast and cgan at batch 16 1.35x (BENCHMARKS.md). TF Serving runs such an export only when started with "
-    "--xla_cpu_compilation_enabled=true; colorize, make serve and make evaluate run it as is"
+    "batch the graph meets (seconds, the first time): on CPUs without AVX-512, zhang colorizes about 2.1x as "
+    "fast, cgan 1.2x at batch 16 and the same at batch 1 (BENCHMARKS.md). TF Serving runs such an export only "
+    "when started with --xla_cpu_compilation_enabled=true; colorize, make serve and make evaluate run it as is"
 )
 
 

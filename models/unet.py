@@ -254,10 +254,11 @@ def _conv2d(inputs: tf.Tensor, kernel: tf.Tensor, strides: int | list[int], padd
 # bf16, 3-5x slower than `_transpose_by_phases` on the 1x1 to 8x8 inputs of the pix2pix
 # decoder (its 16 MB kernels read at 4-7 GB/s), and 1.6-2.5x slower on the output layer's
 # 2 channels at every size; from 32x32 inputs on, the phases are 5-25% slower. The
-# generator at 256 px, batch 1, frozen as the export runs it: 14-18 images/s before, 23-28
-# with the phases up to this many input positions and for outputs of up to 3 channels
+# generator at 256 px, batch 1, frozen and traced for its size: 14-18 images/s before,
+# 23-28 with the phases up to this many input positions and for outputs of up to 3 channels
 # (float32: 6.8-7.0 against 10.8-13.1); training steps are unchanged (BENCHMARKS.md,
-# "Transposed convolutions by phases").
+# "Transposed convolutions by phases"). The export, traced for any size, has had the gain
+# since the choice switches the input alone (`_either`).
 PHASED_TRANSPOSE_POSITIONS = 1024
 PHASED_TRANSPOSE_CHANNELS = 3
 
