@@ -35,7 +35,6 @@ JSON [] has no inner dimension to give an [N, K, 2] tensor.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -481,7 +480,7 @@ def write(generator: keras.Model, path: str | Path, working_size: int, stride: i
     (models.unet.winograd_at_any_size)."""
     if weights == "bfloat16":
         generator = KernelsStoredInBfloat16(generator)
-    with unet.winograd_at_any_size() if winograd else contextlib.nullcontext():
+    with unet.winograd_at_any_size(winograd):
         generator = FrozenWeights(generator, generator_inputs(temperature, hints))
     archive = keras.export.ExportArchive()
     # No archive.track(generator): the endpoints hold its weights as constants, and tracking it

@@ -357,13 +357,14 @@ _winograd_at_any_size = False
 
 
 @contextlib.contextmanager
-def winograd_at_any_size() -> Iterator[None]:
+def winograd_at_any_size(enabled: bool = True) -> Iterator[None]:
     """Layers traced within, with sides unknown (an export's graphs), choose between Winograd's
     algorithm and oneDNN's convolution when run, by the sizes they get, as traced ones do by
     theirs; XLA compiles each layer once per size it sees. Off by default: such a graph needs
-    XLA when run, which TF Serving has only with --xla_cpu_compilation_enabled."""
+    XLA when run, which TF Serving has only with --xla_cpu_compilation_enabled. `enabled`
+    False: a context that changes nothing, for callers that decide by a setting."""
     global _winograd_at_any_size
-    previous, _winograd_at_any_size = _winograd_at_any_size, True
+    previous, _winograd_at_any_size = _winograd_at_any_size, enabled
     try:
         yield
     finally:

@@ -419,6 +419,9 @@ def test_layers_traced_for_any_size_choose_winograd_by_the_size_they_run_at(
         route = tf.function(lambda x: tf.convert_to_tensor(unet._by_winograd(ours, x))).get_concrete_function(any_size)
         forward = tf.function(lambda x: ours(x)).get_concrete_function(any_size)
     assert bool(route(images)) == by_winograd
+    # both ways in the graph, the input alone switched between them (the kernel stays a constant once frozen);
+    # a transposed layer's oneDNN way switches it once more, between its own two (`_transpose`)
+    assert [node.op for node in _graph_nodes(forward)].count("Switch") == (2 if transposed else 1)
     if arguments["padding"] == "valid" and min(shape[1:3]) < arguments["kernel_size"]:
         return  # an empty output, which TensorFlow's convolution gives as a row of uninitialised memory
     expected = exact(images).numpy()

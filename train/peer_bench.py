@@ -20,7 +20,6 @@ close to the thread count on an idle machine) shows which ones other processes s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -87,18 +86,19 @@ class Case:
 
 
 _PIX2PIX_256 = "pix2pix `optimize_parameters`, unet_256 + 70x70 PatchGAN"
+_PIX2PIX_FORWARD = "pix2pix unet_256 forward (eval)"
+_ECCV16_FORWARD = "ECCV16 forward (eval), softmax to ab, x4 upsampling"
 CASES = (
     Case("train", "cgan", 32, 64, "pix2pix_colorization_train_step_unet5down_32px",
          "pix2pix `optimize_parameters`, 5-level U-Net + 70x70 PatchGAN"),
     Case("train", "cgan", 256, 1, "pix2pix_colorization_train_step_unet256_256px", _PIX2PIX_256),
     Case("train", "cgan", 256, 4, "pix2pix_colorization_train_step_unet256_256px", _PIX2PIX_256),
-    Case("generator", "cgan", 256, 1, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
-    Case("generator", "cgan", 256, 16, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
-    Case("generator", "zhang", 256, 8, "eccv16_inference_256px", "ECCV16 forward (eval), softmax to ab, x4 upsampling"),
-    Case("generator-winograd", "cgan", 256, 1, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
-    Case("generator-winograd", "cgan", 256, 16, "pix2pix_unet256_inference_256px", "pix2pix unet_256 forward (eval)"),
-    Case("generator-winograd", "zhang", 256, 8, "eccv16_inference_256px",
-         "ECCV16 forward (eval), softmax to ab, x4 upsampling"),
+    Case("generator", "cgan", 256, 1, "pix2pix_unet256_inference_256px", _PIX2PIX_FORWARD),
+    Case("generator", "cgan", 256, 16, "pix2pix_unet256_inference_256px", _PIX2PIX_FORWARD),
+    Case("generator", "zhang", 256, 8, "eccv16_inference_256px", _ECCV16_FORWARD),
+    Case("generator-winograd", "cgan", 256, 1, "pix2pix_unet256_inference_256px", _PIX2PIX_FORWARD),
+    Case("generator-winograd", "cgan", 256, 16, "pix2pix_unet256_inference_256px", _PIX2PIX_FORWARD),
+    Case("generator-winograd", "zhang", 256, 8, "eccv16_inference_256px", _ECCV16_FORWARD),
     Case("train", "zhang", 256, 8, "eccv16_train_step_ce313_256px_in_64px_out",
          "ECCV16 classification step: 313-way cross-entropy at 1/4 size, Adam"),
 )  # fmt: skip
@@ -201,7 +201,7 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
     with loop.runtime(TrainConfig(precision=precision)):
         generator = models.build(model, override(entry.config(), entry.presets[size]))["generator"]
         gray = tf.random.Generator.from_seed(0).uniform([batch, size, size, 1], -1, 1)
-        with unet.winograd_at_any_size() if kind == "generator-winograd" else contextlib.nullcontext():
+        with unet.winograd_at_any_size(kind == "generator-winograd"):
             frozen = FrozenWeights(generator, [gray])
         # traced for any size, as the export's signatures are: traced for this size, the graph
         # optimiser would resolve at trace time what the export decides at each call
