@@ -100,28 +100,37 @@ def working_shape(height: tf.Tensor, width: tf.Tensor, working_size: tf.Tensor, 
     return tf.cast(multiples, tf.int32) * stride
 
 
-def upsample_rows(small: tf.Tensor, rows: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-    """Rows `rows` of `small` [N, h, w, C] resized bilinearly to [N, height, width, C]: [N, R, width, C].
+def _bilinear_taps(out_index: tf.Tensor, in_size: tf.Tensor, out_size: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """Where bilinear resizing (half-pixel centres) reads output positions `out_index` from:
+    (lower, upper, weight of upper)."""
+    in_size_f = tf.cast(in_size, tf.float32)
+    source = (tf.cast(out_index, tf.float32) + 0.5) * in_size_f / tf.cast(out_size, tf.float32) - 0.5
+    source = tf.clip_by_value(source, 0.0, in_size_f - 1.0)
+    lower = tf.floor(source)
+    upper = tf.minimum(lower + 1.0, in_size_f - 1.0)
+    return tf.cast(lower, tf.int32), tf.cast(upper, tf.int32), source - lower
 
-    The same values as `tf.image.resize(small, [height, width])` (half-pixel centres, no
-    antialiasing) at those rows, without making the whole full-size tensor.
+
+def upsample_columns(small: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """`small` [N, h, w, C] resized bilinearly to `width` columns: [N, h, width, C].
+
+    The first half of a separable resize, done once per photo on the model's few rows, so
+    that the stripes at full resolution only blend two whole rows (`upsample_rows`).
     """
-    shape = tf.shape(small)
-
-    def taps(out_index: tf.Tensor, in_size: tf.Tensor, out_size: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        in_size_f = tf.cast(in_size, tf.float32)
-        source = (tf.cast(out_index, tf.float32) + 0.5) * in_size_f / tf.cast(out_size, tf.float32) - 0.5
-        source = tf.clip_by_value(source, 0.0, in_size_f - 1.0)
-        lower = tf.floor(source)
-        upper = tf.minimum(lower + 1.0, in_size_f - 1.0)
-        return tf.cast(lower, tf.int32), tf.cast(upper, tf.int32), source - lower
-
-    top, bottom, dy = taps(rows, shape[1], height)
-    left, right, dx = taps(tf.range(width), shape[2], width)
-    dy = dy[None, :, None, None]
-    vertical = tf.gather(small, top, axis=1) * (1.0 - dy) + tf.gather(small, bottom, axis=1) * dy  # [N, R, w, C]
+    left, right, dx = _bilinear_taps(tf.range(width), tf.shape(small)[2], width)
     dx = dx[None, None, :, None]
-    return tf.gather(vertical, left, axis=2) * (1.0 - dx) + tf.gather(vertical, right, axis=2) * dx
+    return tf.gather(small, left, axis=2) * (1.0 - dx) + tf.gather(small, right, axis=2) * dx
+
+
+def upsample_rows(wide: tf.Tensor, rows: tf.Tensor, height: tf.Tensor) -> tf.Tensor:
+    """Rows `rows` of `wide` [N, h, W, C] resized bilinearly to `height` rows: [N, R, W, C].
+
+    With `upsample_columns` before it, the same values as `tf.image.resize(small, [height, W])`
+    (half-pixel centres, no antialiasing) at those rows, without making the whole full-size tensor.
+    """
+    top, bottom, dy = _bilinear_taps(rows, tf.shape(wide)[1], height)
+    top_rows = tf.gather(wide, top, axis=1)
+    return top_rows + (tf.gather(wide, bottom, axis=1) - top_rows) * dy[None, :, None, None]
 
 
 @functools.cache
@@ -136,7 +145,7 @@ def _lightness(pixels: tf.Tensor) -> tf.Tensor:
     """uint8 [..., C] (C = 1 gray levels or 3 RGB) -> L [..., 1] float32 in [0, 100]."""
     if pixels.shape[-1] == 1:
         return tf.gather(tf.constant(_gray_level_lightness()), tf.cast(pixels, tf.int32))
-    return color.rgb_to_lab(pixels)[..., :1]
+    return color.lightness(pixels)
 
 
 def colorize_pixels(
@@ -176,13 +185,14 @@ def colorize_pixels(
     # stripe of stripe_pixels whose repeated bottom rows would cost ~15x a 32 px photo's work.
     rows_per_stripe = tf.clip_by_value(stripe_pixels // tf.maximum(batch * width, 1), 1, tf.maximum(height, 1))
     stripes = (height + rows_per_stripe - 1) // rows_per_stripe
+    wide_color = upsample_columns(fake_color, width)  # [N, h, W, 2]
 
     def stripe(index: tf.Tensor) -> tf.Tensor:
         # The last stripe repeats the bottom row to keep every stripe the same height.
         rows = tf.minimum(index * rows_per_stripe + tf.range(rows_per_stripe), height - 1)
         lightness = _lightness(tf.gather(pixels, rows, axis=1))  # [N, R, W, 1]
-        ab = upsample_rows(fake_color, rows, height, width)  # [N, R, W, 2]
-        return color.model_to_rgb((lightness - color.L_OFFSET) / color.L_SCALE, ab)
+        fake = upsample_rows(wide_color, rows, height)  # [N, R, W, 2]
+        return color.model_to_rgb((lightness - color.L_OFFSET) / color.L_SCALE, fake)
 
     # One stripe at a time: parallel stripes would multiply the temporaries they exist to bound.
     parts = tf.map_fn(stripe, tf.range(stripes), fn_output_signature=tf.TensorSpec([None, None, None, 3], tf.uint8),

@@ -42,6 +42,17 @@ def _power(x: tf.Tensor, exponent: float) -> tf.Tensor:
     return tf.exp(exponent * tf.math.log(x))
 
 
+def _piecewise(x: tf.Tensor, knee: float, curve, slope: float) -> tf.Tensor:
+    """curve(x) above `knee`, below it the line through (knee, curve(knee)) with `slope`.
+
+    Written with max and min instead of tf.where: on the CPU a select costs as much as
+    eight elementwise ops, and at full resolution these conversions are most of an export's
+    time for a big photo (BENCHMARKS.md). The curve only ever sees x >= knee > 0, so its
+    value and gradient stay finite where the line applies (black, for example).
+    """
+    return curve(tf.maximum(x, knee)) + slope * (tf.minimum(x, knee) - knee)
+
+
 def _srgb_to_linear(value: np.ndarray) -> np.ndarray:
     return np.where(value > 0.04045, ((value + 0.055) / 1.055) ** 2.4, value / 12.92)
 
@@ -50,39 +61,57 @@ def _srgb_to_linear(value: np.ndarray) -> np.ndarray:
 _LINEAR_FROM_LEVEL = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
 
 
-def rgb_to_lab(rgb: tf.Tensor) -> tf.Tensor:
-    """sRGB [..., 3] in [0, 1] (any float dtype, or uint8 0..255) -> Lab [..., 3] float32."""
+# Lab from f = (f(X/Xn), f(Y/Yn), f(Z/Zn)) and back, as one matrix product each: unstacking
+# and stacking channels costs more than the multiply-adds.
+_LAB_FROM_F = np.array([[0.0, 500.0, 0.0], [116.0, -500.0, 200.0], [0.0, 0.0, -200.0]])
+_LAB_OFFSET = np.array([-16.0, 0.0, 0.0])
+_F_FROM_LAB = np.linalg.inv(_LAB_FROM_F)
+
+
+def _linear(rgb: tf.Tensor) -> tf.Tensor:
+    """sRGB (uint8 0..255 or float in [0, 1]) -> linear RGB float32."""
     rgb = tf.convert_to_tensor(rgb)
     if rgb.dtype == tf.uint8:
-        linear = tf.gather(tf.constant(_LINEAR_FROM_LEVEL), tf.cast(rgb, tf.int32))
-    else:
-        rgb = tf.cast(rgb, tf.float32)
-        # the tf.maximum keeps the unused branch of tf.where finite, so gradients stay finite too
-        linear = tf.where(rgb > 0.04045, _power((tf.maximum(rgb, 0.04045) + 0.055) / 1.055, 2.4), rgb / 12.92)
-    xyz = tf.tensordot(linear, tf.constant(_XYZ_FROM_RGB.T / _D65_WHITE, tf.float32), axes=1)
-    f = tf.where(
-        xyz > _DELTA**3,
-        _power(tf.maximum(xyz, _DELTA**3), 1.0 / 3.0),
-        xyz / (3.0 * _DELTA**2) + 4.0 / 29.0,
-    )
-    fx, fy, fz = tf.unstack(f, axis=-1)
-    return tf.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+        return tf.gather(tf.constant(_LINEAR_FROM_LEVEL), tf.cast(rgb, tf.int32))
+    rgb = tf.cast(rgb, tf.float32)
+    return _piecewise(rgb, 0.04045, lambda value: _power((value + 0.055) / 1.055, 2.4), 1.0 / 12.92)
+
+
+def _f(ratio: tf.Tensor) -> tf.Tensor:
+    """CIE's f(t): the cube root, linear near black."""
+    return _piecewise(ratio, _DELTA**3, lambda value: _power(value, 1.0 / 3.0), 1.0 / (3.0 * _DELTA**2))
+
+
+def rgb_to_lab(rgb: tf.Tensor) -> tf.Tensor:
+    """sRGB [..., 3] in [0, 1] (any float dtype, or uint8 0..255) -> Lab [..., 3] float32."""
+    f = _f(tf.tensordot(_linear(rgb), tf.constant(_XYZ_FROM_RGB.T / _D65_WHITE, tf.float32), axes=1))
+    return tf.tensordot(f, tf.constant(_LAB_FROM_F, tf.float32), axes=1) + _LAB_OFFSET.astype(np.float32)
+
+
+def lightness(rgb: tf.Tensor) -> tf.Tensor:
+    """sRGB [..., 3] like `rgb_to_lab`'s -> L [..., 1], from the luminance alone: a third of the
+    work of the whole conversion."""
+    luminance = tf.tensordot(_linear(rgb), tf.constant(_XYZ_FROM_RGB[1:2].T, tf.float32), axes=1)
+    return 116.0 * _f(luminance) - 16.0
+
+
+def _encoded(linear: tf.Tensor) -> tf.Tensor:
+    """Linear RGB -> sRGB, clipped to [0, 1] (after the curve, which is rising: the same as before
+    it, and exact at black, where the two pieces' float32 sum is off by 1e-8)."""
+    encoded = _piecewise(linear, 0.0031308, lambda value: 1.055 * _power(value, 1.0 / 2.4) - 0.055, 12.92)
+    return tf.clip_by_value(encoded, 0.0, 1.0)
+
+
+def _rgb_from_f(f: tf.Tensor) -> tf.Tensor:
+    """(f(X/Xn), f(Y/Yn), f(Z/Zn)) -> sRGB in [0, 1]: the common end of `lab_to_rgb` and `model_to_rgb`."""
+    xyz = _piecewise(f, _DELTA, lambda value: value * value * value, 3.0 * _DELTA**2)
+    return _encoded(tf.tensordot(xyz, tf.constant((_RGB_FROM_XYZ * _D65_WHITE).T, tf.float32), axes=1))
 
 
 def lab_to_rgb(lab: tf.Tensor) -> tf.Tensor:
     """Lab [..., 3] -> sRGB [..., 3] float32 in [0, 1]; out-of-gamut colours are clipped."""
-    lab = tf.cast(lab, tf.float32)
-    lightness, a, b = tf.unstack(lab, axis=-1)
-    fy = (lightness + 16.0) / 116.0
-    f = tf.stack([fy + a / 500.0, fy, fy - b / 200.0], axis=-1)
-    xyz = tf.where(f > _DELTA, f * f * f, 3.0 * _DELTA**2 * (f - 4.0 / 29.0))
-    linear = tf.tensordot(xyz, tf.constant((_RGB_FROM_XYZ * _D65_WHITE).T, tf.float32), axes=1)
-    linear = tf.clip_by_value(linear, 0.0, 1.0)
-    return tf.where(
-        linear > 0.0031308,
-        1.055 * _power(tf.maximum(linear, 0.0031308), 1.0 / 2.4) - 0.055,
-        12.92 * linear,
-    )
+    lab = tf.cast(lab, tf.float32) - _LAB_OFFSET.astype(np.float32)
+    return _rgb_from_f(tf.tensordot(lab, tf.constant(_F_FROM_LAB, tf.float32), axes=1))
 
 
 def lab_to_model(lab: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -103,9 +132,14 @@ def rgb_to_model(rgb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def model_to_rgb(gray: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
-    """(gray [..., 1], color [..., 2]) in model scaling -> uint8 RGB [..., 3], rounded and clipped."""
-    rgb = lab_to_rgb(model_to_lab(gray, color))
-    return tf.cast(tf.round(rgb * 255.0), tf.uint8)
+    """(gray [..., 1], color [..., 2]) in model scaling -> uint8 RGB [..., 3], rounded and clipped.
+
+    `lab_to_rgb` of `model_to_lab`, without joining L and ab into one tensor first: an export
+    runs this on every pixel of a photo, and the join costs more than the whole matrix product.
+    """
+    fy = (tf.cast(gray, tf.float32) * L_SCALE + (L_OFFSET - _LAB_OFFSET[0])) * _F_FROM_LAB[0, 1]
+    ab_part = tf.tensordot(tf.cast(color, tf.float32), tf.constant(_F_FROM_LAB[1:] * AB_SCALE, tf.float32), axes=1)
+    return tf.cast(tf.round(_rgb_from_f(fy + ab_part) * 255.0), tf.uint8)
 
 
 def gray_levels(rgb: np.ndarray) -> np.ndarray:

@@ -151,6 +151,26 @@ def test_uint8_pixels_convert_like_their_float_values():
     np.testing.assert_allclose(from_levels, from_floats, atol=3e-4)
 
 
+def test_lightness_is_the_l_of_the_whole_conversion():
+    rgb = np.random.default_rng(8).integers(0, 256, (20000, 3), dtype=np.uint8)
+    rgb[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every gray level, black included
+    reference = skcolor.rgb2lab((rgb / 255.0)[None])[0][:, :1]
+    np.testing.assert_allclose(color.lightness(rgb).numpy(), reference, atol=1e-3)
+    np.testing.assert_allclose(color.lightness((rgb / 255.0).astype(np.float32)).numpy(), reference, atol=1e-3)
+
+
+def test_model_to_rgb_is_lab_to_rgb_of_model_to_lab_rounded():
+    rng = np.random.default_rng(9)
+    gray = rng.uniform(-1, 1, (20000, 1)).astype(np.float32)
+    fake = rng.uniform(-1, 1, (20000, 2)).astype(np.float32)  # out of gamut too: clipped alike
+    gray[:2], fake[:2] = -1.0, 0.0  # black
+    expected = np.round(color.lab_to_rgb(color.model_to_lab(gray, fake)).numpy() * 255.0)
+    got = color.model_to_rgb(gray, fake).numpy()
+    assert got.dtype == np.uint8
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert (got[:2] == 0).all()
+
+
 def test_rgb_to_lab_keeps_gradients_finite_at_black_and_white():
     rgb = tf.constant([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.01, 0.5, 0.99]])
     with tf.GradientTape() as tape:

@@ -36,12 +36,12 @@ from tests.helpers import WORKING_SIZE, FakeServing, TrainSettings, encode, make
 # The graph
 
 
-def test_upsample_rows_is_tf_image_resize_at_those_rows():
+def test_upsampled_columns_then_rows_are_tf_image_resize_at_those_rows():
     small = tf.random.stateless_uniform([2, 5, 7, 2], seed=[1, 2])
     for height, width in [(23, 31), (40, 14), (3, 4), (5, 7)]:
         rows = tf.constant([0, 1, height // 2, height - 1])
         expected = tf.gather(tf.image.resize(small, [height, width], method="bilinear"), rows, axis=1)
-        got = savedmodel.upsample_rows(small, rows, height, width)
+        got = savedmodel.upsample_rows(savedmodel.upsample_columns(small, width), rows, height)
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
 
 
