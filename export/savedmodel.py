@@ -125,7 +125,7 @@ def upsample_columns(small: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
 def upsample_rows(wide: tf.Tensor, rows: tf.Tensor, height: tf.Tensor) -> tf.Tensor:
     """Rows `rows` of `wide` [N, h, W, C] resized bilinearly to `height` rows: [N, R, W, C].
 
-    With `upsample_columns` before it, the same values as `tf.image.resize(small, [height, W])`
+    After `upsample_columns(small, W)`, the same values as `tf.image.resize(small, [height, W])`
     (half-pixel centres, no antialiasing) at those rows, without making the whole full-size tensor.
     """
     top, bottom, dy = _bilinear_taps(rows, tf.shape(wide)[1], height)
