@@ -30,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 import models  # noqa: E402
 from evaluate import classifier as classifier_lib  # noqa: E402
 from evaluate.report import Model, evaluate  # noqa: E402
+from export import PRECISION_HELP, PRECISIONS  # noqa: E402
 from export.inference import Colorizer, ExportNotFound  # noqa: E402
 from export.savedmodel import colorize_pixels  # noqa: E402
 from models.config import ConfigError, from_dict  # noqa: E402
@@ -221,6 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--temperatures", default="", help="decode models that take a temperature (zhang) at each of these, "
         "e.g. 0.2,0.38,0.6,1: the PSNR / colourfulness trade-off in tradeoff.png")  # fmt: skip
     add("--decode-rebalance", default="", help="zhang: also sweep its rebalancing at decoding, e.g. 0,0.5,1")
+    add("--precision", choices=PRECISIONS, default="auto", help=f"--export only: {PRECISION_HELP}")
     add("--chroma-gains", default="", help="zhang: also sweep its chroma gain at decoding, e.g. 1,1.2,1.4")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluated.update(found)
             epochs.update(found_epochs)
         for export in args.export:
-            colorizer = Colorizer(export)
+            colorizer = Colorizer(export, precision=args.precision)
             evaluated[colorizer.label] = in_calls(colorizer.colorize_batch, colorizer.info["working_size"])
         shards = dataset.Shards(args.data) if (args.data / dataset.MANIFEST).exists() else None
         if shards is not None:

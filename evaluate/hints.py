@@ -61,7 +61,7 @@ import models  # noqa: E402
 from evaluate import metrics  # noqa: E402
 from models import hints  # noqa: E402
 from models.config import ConfigError  # noqa: E402
-from export import inference  # noqa: E402
+from export import PRECISION_HELP, PRECISIONS, inference  # noqa: E402
 from export.guidance import GuidanceError, check_reference, png_bytes  # noqa: E402
 from export.savedmodel import HINT_PATCH  # noqa: E402
 from preprocess import atomic, color, dataset, schema  # noqa: E402
@@ -271,6 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--model", type=Path, help="or an export of one (e.g. export/pretrained/guided)")
     add("--checkpoint", default="latest", help="of --run: best | latest | a checkpoint path (default: latest)")
     add("--version", type=int, default=None, help="of --model: the export version (default: the newest)")
+    add("--precision", choices=PRECISIONS, default="auto", help=f"of --model: {PRECISION_HELP}")
     add("--data", required=True, type=Path, help="a shards folder with colour tiles")
     add("--split", default=None, help="shard split (default: test, else val)")
     add("--limit", type=int, default=0, help="N photos spread over the split, as make evaluate --limit (default: all)")
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model and args.patch != HINT_PATCH:
             raise ConfigError(f"--patch={args.patch}: an export paints every hint as a square of {HINT_PATCH} px")
         if args.model:
-            colorizer = inference.Colorizer(args.model, args.version)
+            colorizer = inference.Colorizer(args.model, args.version, args.precision)
             if not colorizer.takes_hints:
                 raise ConfigError(f"{colorizer.path}: an export of MODEL={colorizer.info['model']}, "
                                   "which takes no hints; this measures MODEL=guided")  # fmt: skip

@@ -45,6 +45,7 @@ quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines 
 
 import numpy as np  # noqa: E402
 
+from export import PRECISION_HELP, PRECISIONS  # noqa: E402
 from export.guidance import GuidanceError, outside, png_bytes, read_hints, read_reference  # noqa: E402
 from export.sequence import SequenceError, read_sequence  # noqa: E402
 from export.steady import DEFAULT_STRENGTH, Steadier, camera_shift, strength_argument, translate  # noqa: E402
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     add("sequences", nargs="+", type=Path, metavar="SEQUENCE", help="folders of frames or videos")
     add("--model", type=Path, default=None, help="an export that takes hints: colorize each SEQUENCE four ways")
     add("--version", type=int, default=None, help="export version (default: the newest)")
+    add("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     add("--reference", type=Path, default=None, help="the reference photo of the guided colorization")
     add("--hints", type=Path, default=None, help="hints of the guided colorization (JSON, as for colorize)")
     add("--size", type=int, default=None, help="working size (default: the export's)")
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             from export.inference import Colorizer, ExportNotFound
 
             try:
-                colorizer = Colorizer(args.model, args.version)
+                colorizer = Colorizer(args.model, args.version, args.precision)
             except ExportNotFound as error:
                 raise GuidanceError(str(error)) from None
             if not colorizer.takes_hints:

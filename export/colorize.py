@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from export import PRETRAINED, PRETRAINED_GUIDED  # noqa: E402
+from export import PRECISION_HELP, PRECISIONS, PRETRAINED, PRETRAINED_GUIDED  # noqa: E402
 from preprocess import atomic  # noqa: E402
 from export.guidance import GuidanceError, Hint, outside, png_bytes, read_hints, read_reference  # noqa: E402
 from export.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnusableImage, load_photo  # noqa: E402
@@ -156,6 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="working size: the model sees about SIZE x SIZE pixels (default: the export's)",
     )
     add("--temperature", type=float, default=None, help="for models that decode with one (default: the export's)")
+    add("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     add("--format", choices=sorted(FORMATS), default="png", help="output format (default: png)")
     add(
         "--max-pixels",
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         guidance = Guidance(hints, png_bytes(read_reference(args.reference, args.max_pixels)) if args.reference else b"")
         model = args.model or (PRETRAINED_GUIDED if guidance else PRETRAINED)
-        colorizer = Colorizer(model, args.version)
+        colorizer = Colorizer(model, args.version, args.precision)
         if args.temperature is not None and colorizer.info["temperature"] is None:
             raise ExportNotFound(f"{colorizer.label} ({colorizer.info['model']}) does not take a --temperature")
         if guidance and not colorizer.takes_hints:

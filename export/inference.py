@@ -6,16 +6,37 @@ Needs TensorFlow and the export folder only: the graph, the weights and the sett
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from export import PRECISIONS
 from export.guidance import Hint
+from preprocess import cpu_has_bf16_units
 
 INFO_FILE = Path("assets.extra") / "export.json"
+
+_BF16_REWRITE = "auto_mixed_precision_onednn_bfloat16"
+
+
+@contextlib.contextmanager
+def _bf16_rewrite(enabled: bool) -> Iterator[None]:
+    """Graphs first run within compute in bfloat16 where TensorFlow's oneDNN rewrite allows; the
+    process's other graphs keep their setting (TensorFlow keeps one optimised copy per setting)."""
+    if not enabled:
+        yield
+        return
+    previous = tf.config.optimizer.get_experimental_options().get(_BF16_REWRITE, False)
+    tf.config.optimizer.set_experimental_options({_BF16_REWRITE: True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({_BF16_REWRITE: previous})
 
 
 def error_message(error: tf.errors.OpError | str) -> str:
@@ -63,11 +84,17 @@ class Colorizer:
 
     `info` is the export's export.json: model, working_size, stride, temperature (the
     default, or None for models without one), hints (whether it takes them), run, checkpoint.
+    `precision`: one of PRECISIONS (see there).
     """
 
-    def __init__(self, model: str | Path, version: int | None = None) -> None:
+    def __init__(self, model: str | Path, version: int | None = None, precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: valid: {', '.join(PRECISIONS)}")
         self.path = resolve(model, version)
         self.info = json.loads((self.path / INFO_FILE).read_text())
+        exported = self.info.get("precision", "float32")
+        self.in_bfloat16 = exported == "float32" and precision == "auto" and cpu_has_bf16_units()
+        self.precision = "mixed_bfloat16" if self.in_bfloat16 else exported  # how it computes here
         # The signatures keep working only while the loaded object lives, so it is kept.
         self._loaded = tf.saved_model.load(str(self.path))
         self._colorize_at_size = self._loaded.signatures["colorize_at_size"]
@@ -110,12 +137,17 @@ class Colorizer:
             if not self.takes_hints:
                 raise ValueError(f"{self.label} ({self.info['model']}) takes no hints or reference photo")
             inputs.update(guidance_feed(hints or [], reference or b"", len(rgb)))
-            return self._colorize_guided(**inputs)["rgb"].numpy()
+            return self._run(self._colorize_guided, inputs)
         if self.info["temperature"] is not None:
             inputs["temperature"] = tf.fill([len(rgb)], float(temperature or self.info["temperature"]))
         elif temperature is not None:
             raise ValueError(f"{self.info['model']} does not decode with a temperature")
-        return self._colorize_at_size(**inputs)["rgb"].numpy()
+        return self._run(self._colorize_at_size, inputs)
+
+    def _run(self, signature: tf.types.experimental.ConcreteFunction, inputs: dict[str, tf.Tensor]) -> np.ndarray:
+        """signature(**inputs)["rgb"] at this colorizer's precision."""
+        with _bf16_rewrite(self.in_bfloat16):
+            return signature(**inputs)["rgb"].numpy()
 
     def colorize_each(self, rgb: np.ndarray, size: int, hint_y: np.ndarray, hint_x: np.ndarray,
                       hint_colors: list[list[str]], references: list[bytes]) -> np.ndarray:  # fmt: skip
@@ -124,12 +156,12 @@ class Colorizer:
         if not self.takes_hints:
             raise ValueError(f"{self.label} ({self.info['model']}) takes no hints or reference photo")
         count, points = len(rgb), np.shape(hint_y)[1]
-        return self._colorize_guided(
-            image=tf.constant(np.asarray(rgb, np.uint8)), working_size=tf.constant(size, tf.int32),
-            hint_y=tf.constant(hint_y, tf.int32, shape=[count, points]),
-            hint_x=tf.constant(hint_x, tf.int32, shape=[count, points]),
-            hint_colors=tf.constant(hint_colors, tf.string, shape=[count, points]),
-            reference_bytes=tf.constant(references, tf.string))["rgb"].numpy()  # fmt: skip
+        return self._run(self._colorize_guided, {
+            "image": tf.constant(np.asarray(rgb, np.uint8)), "working_size": tf.constant(size, tf.int32),
+            "hint_y": tf.constant(hint_y, tf.int32, shape=[count, points]),
+            "hint_x": tf.constant(hint_x, tf.int32, shape=[count, points]),
+            "hint_colors": tf.constant(hint_colors, tf.string, shape=[count, points]),
+            "reference_bytes": tf.constant(references, tf.string)})  # fmt: skip
 
 
 def guidance_feed(hints: list[Hint], reference: bytes, count: int = 1) -> dict[str, tf.Tensor]:

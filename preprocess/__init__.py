@@ -21,3 +21,9 @@ def cpu_flags() -> frozenset[str]:
             return frozenset(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
     except OSError:
         return frozenset()
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; Linux's cpuinfo)."""
+    flags = cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -345,7 +345,7 @@ def test_client_speaks_tf_servings_rest_api(exported):
         got = client.colorize(rgb)
         assert server.requests[-1]["signature_name"] == "colorize_image"
         assert set(server.requests[-1]["instances"][0]) == {"b64"}  # what the README's curl example sends
-        expected = Colorizer(export_dir).colorize(rgb)
+        expected = Colorizer(export_dir, precision="exported").colorize(rgb)  # TF Serving runs it as exported
         np.testing.assert_array_equal(got, expected)
         assert client.label == "regression"
         assert ServingClient("http://h:8501/v1/models/cgan/versions/3").label == "cgan v3"
@@ -378,6 +378,31 @@ def test_a_bf16_export_computes_in_bf16_and_stays_within_a_few_levels_of_float32
     assert outputs["float32", "conv dtypes"] == {tf.float32.as_datatype_enum}
     difference = np.abs(outputs["bf16"] - outputs["float32"])
     assert 0 < difference.max() <= 6 and difference.mean() < 1.0
+
+
+def test_colorizer_computes_a_float32_export_in_bf16_where_the_cpu_has_bf16_units(exported, monkeypatch):
+    """precision="auto", the default of colorize, make serve and make evaluate: a float32 export
+    runs in bfloat16 on a CPU with bf16 units, within a few levels of float32, and the
+    process's other graphs keep float32; "exported" and CPUs without them keep the export's own."""
+    from export import inference
+
+    real_cpu_has_bf16_units = inference.cpu_has_bf16_units()
+    rgb = photo(40, 56, seed=5)
+    as_exported = Colorizer(exported, precision="exported")
+    float32_rgb = as_exported.colorize(rgb).astype(int)
+    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: False)
+    assert Colorizer(exported).precision == as_exported.precision == "float32"
+    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: True)
+    auto = Colorizer(exported)
+    assert auto.precision == "mixed_bfloat16" and Colorizer(exported, precision="exported").precision == "float32"
+    bf16_rgb = auto.colorize(rgb).astype(int)
+    assert not tf.config.optimizer.get_experimental_options().get("auto_mixed_precision_onednn_bfloat16", False)
+    np.testing.assert_array_equal(as_exported.colorize(rgb), float32_rgb)
+    if real_cpu_has_bf16_units:  # elsewhere TensorFlow leaves the graph in float32
+        difference = np.abs(bf16_rgb - float32_rgb)
+        assert 0 < difference.max() <= 6 and difference.mean() < 1.0
+    with pytest.raises(ValueError, match="precision='bf16': valid: auto, exported"):
+        Colorizer(exported, precision="bf16")
 
 
 def test_bf16_kernels_halve_the_export_and_keep_its_colours(exported, tmp_path, capsys):
@@ -422,7 +447,7 @@ def test_a_winograd_export_compiles_its_convolutions_by_xla_and_keeps_the_colour
 
     rgb = {}
     for folder in (exported, fast):
-        colorizer = Colorizer(folder)
+        colorizer = Colorizer(folder, precision="exported")
         rgb[folder] = [colorizer.colorize(photo(height, width, seed=5)).astype(int)
                        for height, width in [(40, 56), (64, 48)]]  # fmt: skip
     for default, winograd in zip(rgb[exported], rgb[fast]):

@@ -64,7 +64,7 @@ def guided(tmp_path_factory) -> tuple[Path, object]:
 @pytest.fixture(scope="module")
 def colorizer(guided) -> Colorizer:
     """The guided export loaded once: loading traces its five signatures, seconds each."""
-    return Colorizer(guided[0])
+    return Colorizer(guided[0], precision="exported")  # as TF Serving and the signatures run it
 
 
 def reference_photo() -> np.ndarray:
@@ -214,8 +214,8 @@ def test_colorize_with_hints_and_a_reference(guided, colorizer, tmp_path, capsys
     Image.fromarray(reference_photo()).save(tmp_path / "reference.jpg", quality=95)
     hints = write_hints(tmp_path / "hints.json", HINTS, spelling="color")
     out = tmp_path / "out"
-    assert colorize.main(["--model", str(export_dir), "--output", str(out), "--hints", str(hints), "--reference",
-                          str(tmp_path / "reference.jpg"), str(tmp_path / "old.png")]) == 0  # fmt: skip
+    assert colorize.main(["--model", str(export_dir), "--precision=exported", "--output", str(out), "--hints",
+                          str(hints), "--reference", str(tmp_path / "reference.jpg"), str(tmp_path / "old.png")]) == 0  # fmt: skip
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.jpg"))
     expected = colorizer.colorize(rgb, hints=HINTS, reference=reference)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "old.png")), expected)
@@ -259,8 +259,8 @@ def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, c
     write_hints(tmp_path / "hints.json", hints)
     Image.fromarray(reference_photo()).save(tmp_path / "reference.png")
     out = tmp_path / "out"
-    assert colorize.main(["--model", str(export_dir), "--output", str(out), "--sequence", "--hints",
-                          str(tmp_path / "hints.json"), "--reference", str(tmp_path / "reference.png"),
+    assert colorize.main(["--model", str(export_dir), "--precision=exported", "--output", str(out), "--sequence",
+                          "--hints", str(tmp_path / "hints.json"), "--reference", str(tmp_path / "reference.png"),
                           "--format=png", str(tmp_path / "reel")]) == 0  # fmt: skip
     assert sorted(path.name for path in (out / "reel").iterdir()) == [f"{index:03d}.png" for index in range(5)]
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
@@ -271,7 +271,7 @@ def test_colorize_a_folder_of_frames_with_hints_carried_to_every_frame(guided, c
     assert "5 frames into" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["reel"]  # no temporary folder left
     # --sequence takes folders only
-    assert colorize.main(["--model", str(export_dir), "--output", str(out), "--sequence",
+    assert colorize.main(["--model", str(export_dir), "--precision=exported", "--output", str(out), "--sequence",
                           str(tmp_path / "reference.png")]) == 2  # fmt: skip
     assert "--sequence takes folders of frames or videos" in capsys.readouterr().err
 
@@ -284,7 +284,7 @@ def test_colorize_a_video_into_an_mp4_at_its_frame_rate(guided, colorizer, tmp_p
             video.write(photo(32, 48, seed=index))
     Image.fromarray(reference_photo()).save(tmp_path / "reference.png")
     out = tmp_path / "out"
-    assert colorize.main(["--model", str(export_dir), "--output", str(out), "--reference",
+    assert colorize.main(["--model", str(export_dir), "--precision=exported", "--output", str(out), "--reference",
                           str(tmp_path / "reference.png"), str(tmp_path / "clip.mp4")]) == 0  # fmt: skip
     assert sorted(path.name for path in out.iterdir()) == ["clip.mp4"]
     written = sequence.read_sequence(out / "clip.mp4")
@@ -311,7 +311,8 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, coloriz
     Image.fromarray(reference_photo()).save(tmp_path / "reference.png")
     write_hints(tmp_path / "hints.json", HINTS[:1])
     scores = tmp_path / "scores.json"
-    assert stability.main(["--model", str(export_dir), "--reference", str(tmp_path / "reference.png"), "--hints",
+    assert stability.main(["--model", str(export_dir), "--precision=exported", "--reference",
+                           str(tmp_path / "reference.png"), "--hints",
                            str(tmp_path / "hints.json"), f"--json={scores}", str(tmp_path / "reel")]) == 0  # fmt: skip
     result = json.loads(scores.read_text())[str(tmp_path / "reel")]
     reference = guidance.png_bytes(guidance.read_reference(tmp_path / "reference.png"))
@@ -340,7 +341,7 @@ def test_stability_command_compares_guided_with_each_frame_alone(guided, coloriz
 def test_the_hint_curve_of_an_export_is_what_its_signature_gives_a_user(guided, colorizer, tiny_shards, tmp_path):
     export_dir, _ = guided
     common = [f"--data={tiny_shards}", "--split=val", "--limit=4", "--points=0,3", f"--out={tmp_path}"]
-    assert hints_eval.main([f"--model={export_dir}", *common, "--name=export"]) == 0
+    assert hints_eval.main([f"--model={export_dir}", "--precision=exported", *common, "--name=export"]) == 0
     run = export_dir.parents[2] / "run"
     assert hints_eval.main([f"--run={run}", "--checkpoint=best", "--patch=3", *common, "--name=run"]) == 0
     by_export = json.loads((tmp_path / "export" / "hints.json").read_text())

@@ -140,7 +140,7 @@ def test_forwarding_to_tf_serving_gives_the_exports_colours(exported, tmp_path):
         rgb = photo(24, 32, seed=4)
         page = client.get(upload(client, encode(rgb)).location).get_data(as_text=True)
         full = client.get(re.search(r'id="download" href="([^"]+)"', page)[1]).data
-        np.testing.assert_array_equal(decode(full), Colorizer(exported).colorize(rgb))
+        np.testing.assert_array_equal(decode(full), Colorizer(exported, precision="exported").colorize(rgb))
         assert server.requests and "model regression" in page
     finally:
         server.shutdown()

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import models
-import preprocess
 from models.config import ConfigError, check, comma_separated, field_types, from_dict, override
+from preprocess import cpu_has_bf16_units
 from preprocess.dataset import GrayOnly, Shards
 
 
@@ -92,12 +92,6 @@ class TrainConfig:
     def scaled_sizes(self, image_size: int) -> tuple[int, ...]:
         """The image sides the training steps take in turn: (image_size,) without --scales."""
         return tuple(round(image_size * factor) for factor in self.scale_factors) or (image_size,)
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; Linux's cpuinfo)."""
-    flags = preprocess.cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def default_precision() -> str:

@@ -20,6 +20,7 @@ from preprocess.console import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow(sys.argv)  # before anything imports TensorFlow: its log lines only with --verbose
 
+from export import PRECISION_HELP, PRECISIONS  # noqa: E402
 from export.images import IMAGE_SUFFIXES  # noqa: E402
 from export.web import create_app, make_server  # noqa: E402
 from export.web.turing import sample_photos  # noqa: E402
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--serving-url", help="a TF Serving model, http://HOST:8501/v1/models/NAME[/versions/N]")
     add("--version", type=int, default=None, help="export version with --model (default: the newest)")
     add("--temperature", type=float, default=None, help="for models that take one (default: the export's)")
+    add("--precision", choices=PRECISIONS, default="auto", help=f"with --model: {PRECISION_HELP}")
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     add("--port", type=int, default=8000, help="port (default: 8000)")
     add(
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from export.inference import Colorizer, ExportNotFound
 
         try:
-            colorizer = Colorizer(args.model or PRETRAINED, args.version)
+            colorizer = Colorizer(args.model or PRETRAINED, args.version, args.precision)
         except ExportNotFound as error:
             print(f"make serve: {error}", file=sys.stderr)
             return 2
