@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,21 +23,32 @@ from preprocess import cpu_has_bf16_units
 INFO_FILE = Path("assets.extra") / "export.json"
 
 _BF16_REWRITE = "auto_mixed_precision_onednn_bfloat16"
+_bf16_calls = 0  # calls within _bf16_rewrite now, from any thread
+_bf16_calls_lock = threading.Lock()
+_rewrite_before: list[bool] = []  # the process's own setting while such calls run
 
 
 @contextlib.contextmanager
 def _bf16_rewrite(enabled: bool) -> Iterator[None]:
-    """Graphs first run within compute in bfloat16 where TensorFlow's oneDNN rewrite allows; the
-    process's other graphs keep their setting (TensorFlow keeps one optimised copy per setting)."""
+    """Graphs first run within compute in bfloat16 where TensorFlow's oneDNN rewrite allows.
+    TensorFlow keeps one optimised copy of a graph per setting, so the process's other graphs
+    keep theirs; the setting is the process's, so it stays on until the last such call ends."""
+    global _bf16_calls
     if not enabled:
         yield
         return
-    previous = tf.config.optimizer.get_experimental_options().get(_BF16_REWRITE, False)
-    tf.config.optimizer.set_experimental_options({_BF16_REWRITE: True})
+    with _bf16_calls_lock:
+        if _bf16_calls == 0:
+            _rewrite_before[:] = [tf.config.optimizer.get_experimental_options().get(_BF16_REWRITE, False)]
+            tf.config.optimizer.set_experimental_options({_BF16_REWRITE: True})
+        _bf16_calls += 1
     try:
         yield
     finally:
-        tf.config.optimizer.set_experimental_options({_BF16_REWRITE: previous})
+        with _bf16_calls_lock:
+            _bf16_calls -= 1
+            if _bf16_calls == 0:
+                tf.config.optimizer.set_experimental_options({_BF16_REWRITE: _rewrite_before[0]})
 
 
 def error_message(error: tf.errors.OpError | str) -> str:
