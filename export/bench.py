@@ -100,7 +100,7 @@ def measure_in_process(export_dir: str, photo: str) -> dict[str, float]:
     done.set()
     sampler.join()
     return {"load": loaded - started, "colorize": statistics.median(seconds), "added_mib": peak[0] - baseline,
-            "cpu_seconds": cpu_seconds, "colorize_wall": colorize_wall}  # fmt: skip
+            "cpu_seconds": cpu_seconds, "colorize_wall": colorize_wall, "computes_in": colorizer.precision}  # fmt: skip
 
 
 def run_command(command: list[str]) -> tuple[float, float]:
@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, (height, width) in PHOTOS.items():
         for precision in exports:
             cpu = ", ".join(f"{record['cpu']:.2f}" for record in measured[label, precision])
-            rows.append(f"| {label} ({width}x{height}) | {precision} | {median(label, precision, 'colorize'):.2f} | "
+            computes_in = measured[label, precision][0]["computes_in"]
+            shown = precision if computes_in == precision else f"{precision}, computed in {computes_in}"
+            rows.append(f"| {label} ({width}x{height}) | {shown} | {median(label, precision, 'colorize'):.2f} | "
                         f"{cpu} | {median(label, precision, 'added_mib'):,.0f} | "
                         f"{median(label, precision, 'cli_seconds'):.1f} | {median(label, precision, 'cli_peak'):,.0f} |")  # fmt: skip
     load_seconds = statistics.median(record["load"] for records in measured.values() for record in records)
@@ -195,7 +197,8 @@ TensorFlow's import: {import_seconds:.1f} s; loading the SavedModel: {load_secon
 {export_table}
 
 Colorizing a synthetic JPEG photo, {args.rounds} rounds with the precisions in turn, medians. *In process*:
-`Colorizer.colorize` on the decoded photo (median of 3, after a warm-up call), the process's
+`Colorizer.colorize` on the decoded photo (median of 3, after a warm-up call; `--precision=auto`,
+the default of `colorize`, which computes a float32 export in bf16 on a CPU with bf16 units), the process's
 CPU seconds per wall second during those calls (each round; up to 2 here), and how far the
 calls raise the peak memory of a process that has the export loaded. *`colorize` command*: the
 whole command in a fresh process (TensorFlow import, load, JPEG decode, colorize, PNG
