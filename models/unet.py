@@ -371,13 +371,18 @@ def winograd_at_any_size(enabled: bool = True) -> Iterator[None]:
         _winograd_at_any_size = previous
 
 
+def winograd_on_this_cpu() -> bool:
+    """Whether this CPU takes Winograd's algorithm at all: not where it has AVX-512 (see WINOGRAD_CHANNELS)."""
+    return "avx512f" not in cpu_flags()
+
+
 def _by_winograd(layer: keras.layers.Conv2D, inputs: tf.Tensor) -> bool | tf.Tensor:
     """Whether `layer` convolves `inputs` by Winograd's algorithm (see WINOGRAD_CHANNELS); a
     transposed layer as the adjoint of the convolution from its output to its input. A bool
     tensor for sides unknown when traced, within `winograd_at_any_size`."""
     if (inputs.dtype != tf.float32 or layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1
             or min(inputs.shape[-1] or 0, layer.filters) < WINOGRAD_CHANNELS
-            or len(set(layer.strides)) != 1 or len(set(layer.dilation_rate)) != 1 or "avx512f" in cpu_flags()
+            or len(set(layer.strides)) != 1 or len(set(layer.dilation_rate)) != 1 or not winograd_on_this_cpu()
             or not (inputs.shape.is_fully_defined() or _winograd_at_any_size)):  # fmt: skip
         return False
     shape = winograd.dims(inputs)

@@ -32,6 +32,17 @@ def test_schedule_times_both_sides_of_a_case_back_to_back_in_every_round():
     assert [side for _, _, side in plan[:6]] == ["float32", "mixed_bfloat16", "reference"] * 2
 
 
+@pytest.mark.parametrize("flags, winograd_cases", [("avx2 fma", 3), ("avx2 avx512f avx512_bf16", 0)])
+def test_winograd_export_cases_are_timed_only_where_the_project_takes_winograd(monkeypatch, flags, winograd_cases):
+    from models import unet
+
+    monkeypatch.setattr(unet, "cpu_flags", lambda: frozenset(flags.split()))
+    cases = peer_bench.cases_to_time()
+    assert sum(case.kind == "generator-winograd" for case in cases) == winograd_cases
+    assert len(cases) == len(CASES) - 3 + winograd_cases
+    assert peer_bench.cases_to_time([TRAIN_32.id, INFER_256.id]) == [TRAIN_32, INFER_256]
+
+
 def test_run_measures_in_plan_order_and_keeps_each_measurement():
     calls = []
 

@@ -126,6 +126,15 @@ class Peer:
 # ---------------------------------------------------------------------------------------- the plan
 
 
+def cases_to_time(only: Sequence[str] | None = None) -> list[Case]:
+    """CASES, or those named in `only`; without the --winograd export's cases on a CPU where
+    the project never takes Winograd's algorithm (they would time the default export again)."""
+    from models import unet
+
+    return [case for case in CASES if (not only or case.id in only)
+            and (case.kind != "generator-winograd" or unet.winograd_on_this_cpu())]  # fmt: skip
+
+
 def schedule(cases: Sequence[Case], precisions: Sequence[str], rounds: int) -> list[tuple[int, Case, str]]:
     """(round, case, side) in run order: each round times every case on each of the project's
     precisions and then on the reference, so the two sides of a case are seconds apart."""
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.peer_src or not args.peer_python:
         parser.error("both PEER_SRC (--peer-src) and PEER_PYTHON (--peer-python) are needed; without them "
                      "`make bench` runs the project's own benchmarks")  # fmt: skip
-    cases = [case for case in CASES if not args.only or case.id in args.only]
+    cases = cases_to_time(args.only)
     peer = Peer(Path(args.peer_src), args.peer_python, args.peer_bench, args.threads)
     try:
         check_peer_src(peer.src)
