@@ -222,8 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--temperatures", default="", help="decode models that take a temperature (zhang) at each of these, "
         "e.g. 0.2,0.38,0.6,1: the PSNR / colourfulness trade-off in tradeoff.png")  # fmt: skip
     add("--decode-rebalance", default="", help="zhang: also sweep its rebalancing at decoding, e.g. 0,0.5,1")
-    add("--precision", choices=PRECISIONS, default="auto", help=f"--export only: {PRECISION_HELP}")
     add("--chroma-gains", default="", help="zhang: also sweep its chroma gain at decoding, e.g. 1,1.2,1.4")
+    add("--precision", choices=PRECISIONS, default="auto", help=f"--export only: {PRECISION_HELP}")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     return parser.parse_args(argv)
 

@@ -25,7 +25,7 @@ INFO_FILE = Path("assets.extra") / "export.json"
 _BF16_REWRITE = "auto_mixed_precision_onednn_bfloat16"
 _bf16_calls = 0  # calls within _bf16_rewrite now, from any thread
 _bf16_calls_lock = threading.Lock()
-_rewrite_before: list[bool] = []  # the process's own setting while such calls run
+_rewrite_before = False  # the process's own setting, restored when the last such call ends
 
 
 @contextlib.contextmanager
@@ -33,13 +33,13 @@ def _bf16_rewrite(enabled: bool) -> Iterator[None]:
     """Graphs first run within compute in bfloat16 where TensorFlow's oneDNN rewrite allows.
     TensorFlow keeps one optimised copy of a graph per setting, so the process's other graphs
     keep theirs; the setting is the process's, so it stays on until the last such call ends."""
-    global _bf16_calls
+    global _bf16_calls, _rewrite_before
     if not enabled:
         yield
         return
     with _bf16_calls_lock:
         if _bf16_calls == 0:
-            _rewrite_before[:] = [tf.config.optimizer.get_experimental_options().get(_BF16_REWRITE, False)]
+            _rewrite_before = tf.config.optimizer.get_experimental_options().get(_BF16_REWRITE, False)
             tf.config.optimizer.set_experimental_options({_BF16_REWRITE: True})
         _bf16_calls += 1
     try:
@@ -48,7 +48,7 @@ def _bf16_rewrite(enabled: bool) -> Iterator[None]:
         with _bf16_calls_lock:
             _bf16_calls -= 1
             if _bf16_calls == 0:
-                tf.config.optimizer.set_experimental_options({_BF16_REWRITE: _rewrite_before[0]})
+                tf.config.optimizer.set_experimental_options({_BF16_REWRITE: _rewrite_before})
 
 
 def error_message(error: tf.errors.OpError | str) -> str:
@@ -105,8 +105,8 @@ class Colorizer:
         self.path = resolve(model, version)
         self.info = json.loads((self.path / INFO_FILE).read_text())
         exported = self.info.get("precision", "float32")
-        self.in_bfloat16 = exported == "float32" and precision == "auto" and cpu_has_bf16_units()
-        self.precision = "mixed_bfloat16" if self.in_bfloat16 else exported  # how it computes here
+        self._rewritten_to_bfloat16 = exported == "float32" and precision == "auto" and cpu_has_bf16_units()
+        self.precision = "mixed_bfloat16" if self._rewritten_to_bfloat16 else exported  # how it computes here
         # The signatures keep working only while the loaded object lives, so it is kept.
         self._loaded = tf.saved_model.load(str(self.path))
         self._colorize_at_size = self._loaded.signatures["colorize_at_size"]
@@ -158,7 +158,7 @@ class Colorizer:
 
     def _run(self, signature: tf.types.experimental.ConcreteFunction, inputs: dict[str, tf.Tensor]) -> np.ndarray:
         """signature(**inputs)["rgb"] at this colorizer's precision."""
-        with _bf16_rewrite(self.in_bfloat16):
+        with _bf16_rewrite(self._rewritten_to_bfloat16):
             return signature(**inputs)["rgb"].numpy()
 
     def colorize_each(self, rgb: np.ndarray, size: int, hint_y: np.ndarray, hint_x: np.ndarray,
