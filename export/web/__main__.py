@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--serving-url", help="a TF Serving model, http://HOST:8501/v1/models/NAME[/versions/N]")
     add("--version", type=int, default=None, help="export version with --model (default: the newest)")
     add("--temperature", type=float, default=None, help="for models that take one (default: the export's)")
-    add("--precision", choices=PRECISIONS, default="auto", help=f"with --model: {PRECISION_HELP}")
+    add("--precision", choices=PRECISIONS, default="auto",
+        help=f"the export served in process (not --serving-url): {PRECISION_HELP}")
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     add("--port", type=int, default=8000, help="port (default: 8000)")
     add(
