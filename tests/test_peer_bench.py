@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,18 +44,24 @@ def test_winograd_export_cases_are_timed_only_where_the_project_takes_winograd(m
     assert peer_bench.cases_to_time([TRAIN_32.id, INFER_256.id]) == [TRAIN_32, INFER_256]
 
 
-def test_run_measures_in_plan_order_and_keeps_each_measurement():
+def test_run_measures_in_plan_order_and_the_reference_as_many_steps_as_the_project():
     calls = []
+    project_steps = {(1, "float32"): 40, (1, "mixed_bfloat16"): 90, (2, "float32"): 30, (2, "mixed_bfloat16"): 20}
 
-    def measure(case: Case, side: str) -> dict:
-        calls.append((case.id, side))
-        return {"images_per_sec": float(len(calls)), "cpu_util": 1.5, "sec_per_step": 1.0}
+    def measure(case: Case, side: str, steps: int) -> dict:
+        calls.append((case.id, side, steps))
+        number = 1 + (len(calls) - 1) // 3
+        steps_taken = steps if side == REFERENCE else project_steps[number, side]
+        return {"images_per_sec": float(len(calls)), "cpu_util": 1.5, "sec_per_step": 1.0, "steps": steps_taken}
 
-    plan = peer_bench.schedule([TRAIN_32], ["float32"], rounds=2)
+    plan = peer_bench.schedule([TRAIN_32], PRECISIONS, rounds=2)
     measurements = peer_bench.run(plan, measure)
-    assert calls == [(TRAIN_32.id, "float32"), (TRAIN_32.id, REFERENCE)] * 2
-    assert [(m.round, m.side, m.images_per_sec) for m in measurements] == [
-        (1, "float32", 1.0), (1, REFERENCE, 2.0), (2, "float32", 3.0), (2, REFERENCE, 4.0)]  # fmt: skip
+    # the reference times as many steps as the project's longest measurement of that round
+    assert calls == [(TRAIN_32.id, "float32", 0), (TRAIN_32.id, "mixed_bfloat16", 0), (TRAIN_32.id, REFERENCE, 90),
+                     (TRAIN_32.id, "float32", 0), (TRAIN_32.id, "mixed_bfloat16", 0), (TRAIN_32.id, REFERENCE, 30)]
+    assert [(m.round, m.side, m.images_per_sec, m.steps) for m in measurements] == [
+        (1, "float32", 1.0, 40), (1, "mixed_bfloat16", 2.0, 90), (1, REFERENCE, 3.0, 90),
+        (2, "float32", 4.0, 30), (2, "mixed_bfloat16", 5.0, 20), (2, REFERENCE, 6.0, 30)]  # fmt: skip
 
 
 def _measurements() -> list[Measurement]:
@@ -67,7 +74,7 @@ def _measurements() -> list[Measurement]:
         (INFER_256, "mixed_bfloat16"): [6.0, 6.0, 6.0],
         (INFER_256, REFERENCE): [1.5, 1.5, 0.5],
     }
-    return [Measurement(r + 1, case, side, values[r], 0.7 if (side == REFERENCE and r == 2) else 1.95)
+    return [Measurement(r + 1, case, side, values[r], 0.7 if (side == REFERENCE and r == 2) else 1.95, 12)
             for r in range(3) for (case, side), values in figures.items()]  # fmt: skip
 
 
@@ -83,19 +90,19 @@ def test_section_replaces_its_own_block_and_shows_every_measurement(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\n<!-- train:begin -->\n## make train\nkept\n<!-- train:end -->\n")
     context = dict(machine="Test CPU (avx512_bf16), 2 cores", torch_version="9.9", threads=2, iters=5, warmup=2,
-                   command="python -m train.peer_bench --rounds=3", date="2025-01-02 03:04 UTC")  # fmt: skip
+                   min_seconds=4.0, command="python -m train.peer_bench --rounds=3", date="2025-01-02 03:04 UTC")  # fmt: skip
     write_section("peer", "## stale figures\n", path)
     write_section("peer", peer_bench.section(_measurements(), PRECISIONS, **context), path)
     text = path.read_text()
     assert text.count("<!-- peer:begin -->") == 1 and "stale figures" not in text
     assert "<!-- train:begin -->\n## make train\nkept\n<!-- train:end -->" in text
     for detail in ["Test CPU (avx512_bf16), 2 cores", "PyTorch 9.9", "2025-01-02 03:04 UTC",
-                   "`python -m train.peer_bench --rounds=3`", "0.70 to 1.95"]:  # fmt: skip
+                   "`python -m train.peer_bench --rounds=3`", "0.70 to 1.95", "at least 5 steps and as many as fill 4 s"]:  # fmt: skip
         assert detail in text
     summary = f"| {TRAIN_32.label} | {TRAIN_32.reference} | 20.0 | 40.0 | 10.0 | 2.00x | 4.00x |"
     assert summary in text
     # every measurement, with its CPU utilisation: the contended reference run shows
-    assert f"| 3 | {INFER_256.label} | 3.00 (1.95) | 6.00 (1.95) | 0.500 (0.70) |" in text
+    assert f"| 3 | {INFER_256.label} | 3.00 (1.95, 12 steps) | 6.00 (1.95, 12 steps) | 0.500 (0.70, 12 steps) |" in text
     assert text.count(f"| {TRAIN_32.label} |") == 4  # one summary row, three rounds
 
 
@@ -136,7 +143,7 @@ def test_time_reference_runs_the_script_on_one_case_with_peer_src(tmp_path):
     peer = peer_bench.Peer(tmp_path / "src", sys.executable, script, threads=3)
     record = peer_bench.time_reference(peer, CASES[4], iters=7, warmup=2)
     assert record["only"] == ["^pix2pix_unet256_inference_256px:16$"]
-    assert (record["threads"], record["iters"], record["warmup"]) == (3, 7, 2)
+    assert (record["threads"], record["iters"], record["warmup"], record["steps"]) == (3, 7, 2, 7)
     assert record["peer_src"] == str((tmp_path / "src").resolve())
 
 
@@ -177,9 +184,15 @@ def test_main_rejects_an_incomplete_setup_before_timing_anything(tmp_path, capsy
 def test_timed_warms_up_then_reports_the_median_step():
     calls = []
     result = peer_bench.timed(lambda: calls.append(1), batch=4, iters=3, warmup=2)
-    assert len(calls) == 5
+    assert len(calls) == 5 and result["steps"] == 3
     assert result["images_per_sec"] == pytest.approx(4 / result["sec_per_step"])
     assert result["cpu_util"] >= 0.0
+
+
+def test_timed_keeps_stepping_until_min_seconds_have_passed():
+    result = peer_bench.timed(lambda: time.sleep(0.01), batch=1, iters=2, warmup=1, min_seconds=0.2)
+    # 0.2 s of 10 ms steps, which a busy machine may stretch: never more than 21, well over the 2 asked for
+    assert 2 < result["steps"] <= 21 and result["steps"] * result["sec_per_step"] >= 0.15
 
 
 def test_time_project_runs_the_generator_at_a_preset():

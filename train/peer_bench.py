@@ -111,6 +111,7 @@ class Measurement:
     side: str  # a precision of the project, or REFERENCE
     images_per_sec: float
     cpu_util: float  # process CPU seconds / wall seconds over the timed steps
+    steps: int  # timed steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +143,19 @@ def schedule(cases: Sequence[Case], precisions: Sequence[str], rounds: int) -> l
             for side in (*precisions, REFERENCE)]  # fmt: skip
 
 
-def run(plan: Sequence[tuple[int, Case, str]], measure: Callable[[Case, str], dict]) -> list[Measurement]:
-    """Runs the plan in order; `measure(case, side)` -> {"images_per_sec", "cpu_util", ...}."""
-    measurements = []
+def run(plan: Sequence[tuple[int, Case, str]], measure: Callable[[Case, str, int], dict]) -> list[Measurement]:
+    """Runs the plan in order; `measure(case, side, steps)` -> {"images_per_sec", "cpu_util", "steps"}.
+    `steps` is 0 for the project's sides, which time for a while; the reference then times as many
+    steps as the project's longest measurement of the case in that round, so that both sides
+    see the machine for about as long."""
+    measurements: list[Measurement] = []
     for number, case, side in plan:
-        result = measure(case, side)
-        measurements.append(Measurement(number, case, side, result["images_per_sec"], result["cpu_util"]))
+        project_steps = [m.steps for m in measurements if (m.round, m.case) == (number, case) and m.side != REFERENCE]
+        result = measure(case, side, max(project_steps, default=0) if side == REFERENCE else 0)
+        measurements.append(Measurement(number, case, side, result["images_per_sec"], result["cpu_util"],
+                                        result["steps"]))  # fmt: skip
         print(f"round {number}  {case.id:<24} {side:<15} {result['images_per_sec']:10.3f} images/s"
-              f"  CPU util {result['cpu_util']:.2f}", file=sys.stderr, flush=True)  # fmt: skip
+              f"  CPU util {result['cpu_util']:.2f}  {result['steps']} steps", file=sys.stderr, flush=True)  # fmt: skip
     return measurements
 
 
@@ -172,30 +178,33 @@ def ratios(measurements: Sequence[Measurement], precisions: Sequence[str]) -> di
 # ------------------------------------------------------------------------------- the project side
 
 
-def timed(step: Callable[[], object], batch: int, iters: int, warmup: int) -> dict[str, float]:
-    """Runs `step` (which must wait for its result) `warmup` times, then times `iters` calls:
-    images/s from the median step, as bench_peer.py computes its figures."""
+def timed(step: Callable[[], object], batch: int, iters: int, warmup: int, min_seconds: float = 0.0) -> dict:
+    """Runs `step` (which must wait for its result) `warmup` times, then times at least `iters`
+    calls and as many as fill `min_seconds`: images/s from the median step, as bench_peer.py
+    computes its figures. Fast steps need the longer window: over a few 40 ms steps, a moment
+    of another process's work on the machine decides the CPU utilisation."""
     for _ in range(warmup):
         step()
-    seconds = []
+    seconds: list[float] = []
     cpu_started, wall_started = time.process_time(), time.perf_counter()
-    for _ in range(iters):
+    while len(seconds) < iters or time.perf_counter() - wall_started < min_seconds:
         started = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - started)
     cpu_util = (time.process_time() - cpu_started) / (time.perf_counter() - wall_started)
     median = statistics.median(seconds)
-    return {"images_per_sec": batch / median, "sec_per_step": median, "cpu_util": cpu_util}
+    return {"images_per_sec": batch / median, "sec_per_step": median, "cpu_util": cpu_util, "steps": len(seconds)}
 
 
-def time_project(kind: str, model: str, size: int, batch: int, precision: str, iters: int, warmup: int) -> dict:
+def time_project(kind: str, model: str, size: int, batch: int, precision: str, iters: int, warmup: int,
+                 min_seconds: float = 0.0) -> dict:  # fmt: skip
     """Run in a fresh process: a train step as `python -m train` runs it, or the generator's
     forward pass as the export calls it (its weights frozen into the graph, inside a
     tf.function; traced for any size, with Winograd's convolutions for "generator-winograd"),
     at the model's preset for `size` under `precision`."""
     if kind == "train":
         with synthetic_training(model, size, batch, precision) as (training, data):
-            return timed(lambda: wait(training.train_step(data)), batch, iters, warmup)
+            return timed(lambda: wait(training.train_step(data)), batch, iters, warmup, min_seconds)
 
     import tensorflow as tf
 
@@ -215,7 +224,7 @@ def time_project(kind: str, model: str, size: int, batch: int, precision: str, i
         # traced for any size, as the export's signatures are: traced for this size, the graph
         # optimiser would resolve at trace time what the export decides at each call
         forward = tf.function(lambda gray: frozen(gray), input_signature=[tf.TensorSpec([None] * 4)])
-        return timed(lambda: forward(gray).numpy(), batch, iters, warmup)
+        return timed(lambda: forward(gray).numpy(), batch, iters, warmup, min_seconds)
 
 
 # ----------------------------------------------------------------------------- the reference side
@@ -273,7 +282,7 @@ def time_reference(peer: Peer, case: Case, iters: int, warmup: int) -> dict:
     record = parse_peer_output(result.stdout, case)
     if record["threads"] != peer.threads:
         raise RuntimeError(f"bench_peer.py ran {case.peer_case} on {record['threads']} threads, not {peer.threads}")
-    return record
+    return {**record, "steps": record["iters"]}
 
 
 # -------------------------------------------------------------------------------------- the report
@@ -286,7 +295,7 @@ def _figure(value: float) -> str:
 
 
 def section(measurements: Sequence[Measurement], precisions: Sequence[str], *, machine: str, torch_version: str,
-            threads: int, command: str, date: str, iters: int, warmup: int) -> str:  # fmt: skip
+            threads: int, command: str, date: str, iters: int, warmup: int, min_seconds: float) -> str:  # fmt: skip
     """The Markdown of the `peer` section of BENCHMARKS.md."""
     median = medians(measurements)
     ratio = ratios(measurements, precisions)
@@ -297,7 +306,8 @@ def section(measurements: Sequence[Measurement], precisions: Sequence[str], *, m
               *(f"{p} / reference" for p in precisions)]  # fmt: skip
     rows = [[case.label, case.reference, *(_figure(median[case, side]) for side in sides),
              *(f"{ratio[case, p]:.2f}x" for p in precisions)] for case in cases]  # fmt: skip
-    by_round = {(m.round, m.case, m.side): f"{_figure(m.images_per_sec)} ({m.cpu_util:.2f})" for m in measurements}
+    by_round = {(m.round, m.case, m.side): f"{_figure(m.images_per_sec)} ({m.cpu_util:.2f}, {m.steps} steps)"
+                for m in measurements}  # fmt: skip
     detail = [[str(number), case.label, *(by_round[number, case, side] for side in sides)]
               for number in range(1, rounds + 1) for case in cases]  # fmt: skip
     utils = [measurement.cpu_util for measurement in measurements]
@@ -318,11 +328,13 @@ defaults (the model's preset for the size, TensorFlow's default thread pools) in
 `--precision=auto`, the default, is mixed_bfloat16 on a CPU with bf16 units and float32 on one
 without. Synthetic batches on both sides.
 
-Each measurement is a fresh process: images/s from the median of {iters} timed steps after
-{warmup} warm-up steps. {rounds} rounds, each timing every case on the project side and then on the
-reference side, back to back; the first table gives medians over the rounds, the second
-every measurement with its CPU utilisation in brackets (process CPU seconds / wall seconds
-over the timed steps: up to {threads} here; clearly less means other processes competed). This run:
+Each measurement is a fresh process: images/s from the median of the timed steps after
+{warmup} warm-up steps. The project times at least {iters} steps and as many as fill {min_seconds:g} s; the
+reference then times as many steps as the project's longer measurement of the case. {rounds} rounds,
+each timing every case on the project side and then on the reference side, back to back; the
+first table gives medians over the rounds, the second every measurement with its CPU
+utilisation and its number of steps in brackets (process CPU seconds / wall seconds over the
+timed steps: up to {threads} here; clearly less means other processes competed). This run:
 {min(utils):.2f} to {max(utils):.2f}.
 
 {table(header, rows)}
@@ -343,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every case on both sides (at least 2)")
     parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1: TensorFlow traces)")
+    parser.add_argument("--min-seconds", type=float, default=5.0,
+                        help="on the project side, time steps for at least this long (%(default)s s); the reference "
+                             "then times as many steps")  # fmt: skip
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads (default: one per core)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
                         help="the project's precisions to time (default: both on a CPU with bf16 units; float32 alone "
@@ -357,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 2, --iters and --warmup at least 1")
     if args.one:
         kind, model, size, batch, precision = args.one
-        print(json.dumps(time_project(kind, model, int(size), int(batch), precision, args.iters, args.warmup)))
+        print(json.dumps(time_project(kind, model, int(size), int(batch), precision, args.iters, args.warmup,
+                                      args.min_seconds)))  # fmt: skip
         return 0
 
     if not args.peer_src or not args.peer_python:
@@ -373,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     except PeerSetupError as error:
         parser.error(str(error))
 
-    def measure(case: Case, side: str) -> dict:
+    def measure(case: Case, side: str, steps: int) -> dict:
         if side == REFERENCE:
-            return time_reference(peer, case, args.iters, args.warmup)
-        common = [f"--iters={args.iters}", f"--warmup={args.warmup}"]
+            return time_reference(peer, case, max(args.iters, steps), args.warmup)
+        common = [f"--iters={args.iters}", f"--warmup={args.warmup}", f"--min-seconds={args.min_seconds}"]
         return run_one([case.kind, case.model, str(case.size), str(case.batch), side, *common], "train.peer_bench")
 
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -391,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "peer" if "mixed_bfloat16" in precisions else "peer-float32"
     write_section(name, section(measurements, precisions, machine=machine(), torch_version=torch_version,
                                   threads=peer.threads, command=command, date=date, iters=args.iters,
-                                  warmup=args.warmup), output)  # fmt: skip
+                                  warmup=args.warmup, min_seconds=args.min_seconds), output)  # fmt: skip
     print(f"updated {output}", file=sys.stderr)
     return 0
 
