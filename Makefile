@@ -217,6 +217,7 @@ ifneq ($(PEER_SRC)$(PEER_PYTHON),)
 else
 	$(PY) -m preprocess.bench
 	$(PY) -m train.bench
+	$(PY) -m train.bench --model=regression
 	$(PY) -m train.bench --model=zhang
 	$(PY) -m train.bench --model=iizuka
 	$(PY) -m train.bench --model=cyclegan

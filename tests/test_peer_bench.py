@@ -207,7 +207,8 @@ def _make_bench(*variables: str) -> str:
 
 def test_make_bench_without_peer_variables_runs_the_project_benchmarks():
     commands = _make_bench()
-    for stage in ["preprocess.bench", "train.bench --model=zhang", "export.bench --model=iizuka"]:
+    for stage in ["preprocess.bench", "train.bench --model=regression", "train.bench --model=zhang",
+                  "export.bench --model=iizuka"]:  # fmt: skip
         assert f"-m {stage}" in commands
     assert "peer_bench" not in commands
 
