@@ -330,7 +330,7 @@ without. Synthetic batches on both sides.
 
 Each measurement is a fresh process: images/s from the median of the timed steps after
 {warmup} warm-up steps. The project times at least {iters} steps and as many as fill {min_seconds:g} s; the
-reference then times as many steps as the project's longer measurement of the case. {rounds} rounds,
+reference then times as many steps as the project's longest measurement of the case. {rounds} rounds,
 each timing every case on the project side and then on the reference side, back to back; the
 first table gives medians over the rounds, the second every measurement with its CPU
 utilisation and its number of steps in brackets (process CPU seconds / wall seconds over the
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-bench", type=Path, default=DEFAULT_PEER_BENCH,
                         help="PEER_BENCH: bench_peer.py, which times the references (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every case on both sides (at least 2)")
-    parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement, at least")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1: TensorFlow traces)")
     parser.add_argument("--min-seconds", type=float, default=5.0,
                         help="on the project side, time steps for at least this long (%(default)s s); the reference "
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", nargs=5, metavar=("KIND", "MODEL", "SIZE", "BATCH", "PRECISION"),
                         help=argparse.SUPPRESS)  # one project measurement, in the child process
     args = parser.parse_args(argv)
-    if args.rounds < 2 or args.iters < 1 or args.warmup < 1:
-        parser.error("--rounds must be at least 2, --iters and --warmup at least 1")
+    if args.rounds < 2 or args.iters < 1 or args.warmup < 1 or args.min_seconds < 0:
+        parser.error("--rounds must be at least 2, --iters and --warmup at least 1, --min-seconds not negative")
     if args.one:
         kind, model, size, batch, precision = args.one
         print(json.dumps(time_project(kind, model, int(size), int(batch), precision, args.iters, args.warmup,
