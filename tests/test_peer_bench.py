@@ -179,6 +179,9 @@ def test_main_rejects_an_incomplete_setup_before_timing_anything(tmp_path, capsy
         peer_bench.main([f"--peer-src={tmp_path}", "--peer-python=python3", "--only", "no-such-case"])
     error = capsys.readouterr().err
     assert "invalid choice: 'no-such-case'" in error and CASES[-1].id in error
+    with pytest.raises(SystemExit):
+        peer_bench.main([f"--peer-src={tmp_path}", "--peer-python=python3", "--min-seconds=-1"])
+    assert "--min-seconds not negative" in capsys.readouterr().err
 
 
 def test_timed_warms_up_then_reports_the_median_step():
