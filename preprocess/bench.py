@@ -75,18 +75,25 @@ def synthetic_photos(folder: Path, count: int, height: int, width: int) -> Path:
     return folder
 
 
+def extracted(archive: Path, folder: Path) -> Path:
+    """`folder`, made, with the .tar.gz `archive` unpacked into it: one folder per source, so
+    that a source reading its folder sees its own photos only."""
+    folder.mkdir(parents=True)
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(folder)], check=True)
+    return folder
+
+
 def photo_sets(work: Path) -> dict[int, tuple[str, str]]:
     """size -> (source spec, description)."""
     cifar = SHARED / "cifar10-jpg.tar.gz"
     if cifar.exists():
-        subprocess.run(["tar", "-xzf", str(cifar), "-C", str(work)], check=True)
-        small = (f"cifar10:{work}", "all of CIFAR-10, 60,000 JPEGs of 32x32")
+        small = (f"cifar10:{extracted(cifar, work / 'cifar10')}", "all of CIFAR-10, 60,000 JPEGs of 32x32")
     else:
         small = (f"folder:{synthetic_photos(work / 'small', 10000, 32, 32)}", "10,000 synthetic JPEGs of 32x32")
     tiny = SHARED / "tinyimagenet64.tar.gz"
     if tiny.exists():
-        subprocess.run(["tar", "-xzf", str(tiny), "-C", str(work)], check=True)
-        medium = (f"imagefolder:{work / 'tinyimagenet64'}", "Tiny ImageNet, 75,000 JPEGs of 64x64 in 200 class folders")
+        medium = (f"imagefolder:{extracted(tiny, work / 'tiny') / 'tinyimagenet64'}",
+                  "Tiny ImageNet, 75,000 JPEGs of 64x64 in 200 class folders")  # fmt: skip
     else:
         medium = (f"folder:{synthetic_photos(work / 'medium', 5000, 64, 64)}", "5,000 synthetic JPEGs of 64x64")
     photos = SHARED / "photos"
