@@ -214,9 +214,15 @@ def _weight_gradient_channels_first(inputs: tf.Tensor, kernel_shape: list[int]) 
 
 def _filter_gradient(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor, strides: list[int],
                      padding: str, dilations: list[int]) -> tf.Tensor:  # fmt: skip
-    """Conv2DBackpropFilter: as one matrix product where `_weight_gradient_by_matmul` says so,
-    in float32 where `_weight_gradient_in_float32` says so, on channels-first data where
-    `_weight_gradient_channels_first` says so; the inputs' dtype out."""
+    """Conv2DBackpropFilter: on channels-first data where `_weight_gradient_channels_first`
+    says so (float32 only), as one matrix product where `_weight_gradient_by_matmul` says so,
+    in float32 where `_weight_gradient_in_float32` says so (bf16 only); the inputs' dtype out."""
+    if _weight_gradient_channels_first(inputs, kernel_shape):
+        first = [0, 3, 1, 2]
+        return tf.compat.v1.nn.conv2d_backprop_filter(tf.transpose(inputs, first), kernel_shape,
+                                                      tf.transpose(out_backprop, first), [strides[i] for i in first],
+                                                      padding, data_format="NCHW",
+                                                      dilations=[dilations[i] for i in first])  # fmt: skip
     if _weight_gradient_by_matmul(inputs, kernel_shape, out_backprop, dilations):
         return _filter_gradient_by_matmul(inputs, kernel_shape, out_backprop, strides, padding)
     if _weight_gradient_in_float32(inputs, out_backprop):
@@ -224,12 +230,6 @@ def _filter_gradient(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: t
                                                           tf.cast(out_backprop, tf.float32), strides, padding,
                                                           dilations=dilations)  # fmt: skip
         return tf.cast(gradient, inputs.dtype)
-    if _weight_gradient_channels_first(inputs, kernel_shape):
-        first = [0, 3, 1, 2]
-        return tf.compat.v1.nn.conv2d_backprop_filter(tf.transpose(inputs, first), kernel_shape,
-                                                      tf.transpose(out_backprop, first), [strides[i] for i in first],
-                                                      padding, data_format="NCHW",
-                                                      dilations=[dilations[i] for i in first])  # fmt: skip
     return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding,
                                                   dilations=dilations)  # fmt: skip
 

@@ -321,6 +321,17 @@ def test_3x3_convolutions_compute_what_keras_computes_with_the_weight_gradient_o
     assert _weight_gradient_layouts(project, shape) == layouts
 
 
+def test_large_3x3_float32_kernels_on_avx2_keep_the_channels_first_weight_gradient(monkeypatch):
+    """ECCV16's 3x3 layers of 256 x 256 channels and more were measured on channels-first
+    data, not as one matrix product: on an AVX2 CPU the channels-first route comes first."""
+    monkeypatch.setattr(unet, "cpu_flags", lambda: frozenset({"fpu", "avx2"}))
+    shape = (2, 6, 6, 256)
+    project = unet.Conv2D(256, 3, padding="same")
+    project.build(shape)
+    ops = {node.op for node in _kernel_gradient_nodes(project, shape)}
+    assert _weight_gradient_layouts(project, shape) == {"NCHW"} and "MatMul" not in ops
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
 def test_a_dilated_convolution_takes_onednn_s_dilated_kernels_when_traced_and_keras_s_call_eagerly(policy):
     """ECCV16's dilated blocks: traced with oneDNN, `_convolution` runs them as dilated
