@@ -135,8 +135,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 # float32 one when the gradient sums over few positions (batch x the smaller side's pixels):
 # on the 32 px preset at batch 64, 35 ms against 12 ms for the 2x2 -> 1x1 block, 94 against
 # 48 for the 2x2 -> 4x4 one, while the 16x16 blocks were 10% faster in bf16. Below this many
-# positions the weight gradient is computed in float32 (bf16 operands cast up, exactly), or,
-# for large kernels, as one bf16 matrix product (below).
+# positions the weight gradient is computed in float32 (bf16 operands cast up, exactly).
 FLOAT32_WEIGHT_GRADIENT_POSITIONS = 2048
 
 
@@ -155,26 +154,8 @@ def _weight_gradient_in_float32(inputs: tf.Tensor, out_backprop: tf.Tensor) -> b
 # and 2x2 blocks and 92 against 55 ms for the 16x16 -> 32x32 decoder block. With fewer
 # channels the patches cost more than they save (64 -> 128 channels at 128x128: 43 against
 # 75 ms), so float32 kernels of at least this many input x output channels take the product
-# (BENCHMARKS.md, "Weight gradients as one matrix product"). In bf16 the product (oneDNN's
-# bf16 GEMM, which sums in float32) beats even the float32 weight gradient where that one is
-# taken, over few positions: on AVX512-BF16 cores, 4.1 against 19.9 ms for the 256 px
-# generator's 4x4 -> 8x8 decoder block at batch 1, 8.2 against 24.6 for the 32 px preset's
-# 2x2 -> 4x4 one at batch 64, and as close to float32 (relative error 1.2e-3 to 1.8e-3 both);
-# over more positions it loses (62 against 53 ms for the 256 px discriminator's 32x32 block
-# at batch 4) (BENCHMARKS.md, "Weight gradients as one matrix product in bf16").
+# (BENCHMARKS.md, "Weight gradients as one matrix product").
 MATMUL_WEIGHT_GRADIENT_CHANNELS = 256 * 256
-
-
-def _weight_gradient_by_matmul(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor,
-                               dilations: list[int]) -> bool:  # fmt: skip
-    """Whether `_filter_gradient_by_matmul` is the faster weight gradient (above): kernels of
-    at least MATMUL_WEIGHT_GRADIENT_CHANNELS in x out channels, in float32 at any size, in
-    bf16 over few positions (`_weight_gradient_in_float32`)."""
-    # Dilated kernels keep oneDNN's: their patches made ECCV16's dilated blocks 1.8x slower.
-    if (kernel_shape[2] * kernel_shape[3] < MATMUL_WEIGHT_GRADIENT_CHANNELS or list(dilations) != [1, 1, 1, 1]
-            or not (inputs.shape[1:3].is_fully_defined() and out_backprop.shape[1:3].is_fully_defined())):  # fmt: skip
-        return False
-    return inputs.dtype == tf.float32 or _weight_gradient_in_float32(inputs, out_backprop)
 
 
 def _filter_gradient_by_matmul(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor,
@@ -214,22 +195,25 @@ def _weight_gradient_channels_first(inputs: tf.Tensor, kernel_shape: list[int]) 
 
 def _filter_gradient(inputs: tf.Tensor, kernel_shape: list[int], out_backprop: tf.Tensor, strides: list[int],
                      padding: str, dilations: list[int]) -> tf.Tensor:  # fmt: skip
-    """Conv2DBackpropFilter: on channels-first data where `_weight_gradient_channels_first`
-    says so (float32 only), as one matrix product where `_weight_gradient_by_matmul` says so,
-    in float32 where `_weight_gradient_in_float32` says so (bf16 only); the inputs' dtype out."""
+    """Conv2DBackpropFilter, in float32 where `_weight_gradient_in_float32` says so, on
+    channels-first data where `_weight_gradient_channels_first` says so, as one matrix product
+    where MATMUL_WEIGHT_GRADIENT_CHANNELS says so; the inputs' dtype out."""
+    if _weight_gradient_in_float32(inputs, out_backprop):
+        gradient = tf.compat.v1.nn.conv2d_backprop_filter(tf.cast(inputs, tf.float32), kernel_shape,
+                                                          tf.cast(out_backprop, tf.float32), strides, padding,
+                                                          dilations=dilations)  # fmt: skip
+        return tf.cast(gradient, inputs.dtype)
     if _weight_gradient_channels_first(inputs, kernel_shape):
         first = [0, 3, 1, 2]
         return tf.compat.v1.nn.conv2d_backprop_filter(tf.transpose(inputs, first), kernel_shape,
                                                       tf.transpose(out_backprop, first), [strides[i] for i in first],
                                                       padding, data_format="NCHW",
                                                       dilations=[dilations[i] for i in first])  # fmt: skip
-    if _weight_gradient_by_matmul(inputs, kernel_shape, out_backprop, dilations):
+    # Dilated kernels keep oneDNN's: their patches made ECCV16's dilated blocks 1.8x slower.
+    if (inputs.dtype == tf.float32 and kernel_shape[2] * kernel_shape[3] >= MATMUL_WEIGHT_GRADIENT_CHANNELS
+            and list(dilations) == [1, 1, 1, 1] and inputs.shape[1:3].is_fully_defined()
+            and out_backprop.shape[1:3].is_fully_defined()):  # fmt: skip
         return _filter_gradient_by_matmul(inputs, kernel_shape, out_backprop, strides, padding)
-    if _weight_gradient_in_float32(inputs, out_backprop):
-        gradient = tf.compat.v1.nn.conv2d_backprop_filter(tf.cast(inputs, tf.float32), kernel_shape,
-                                                          tf.cast(out_backprop, tf.float32), strides, padding,
-                                                          dilations=dilations)  # fmt: skip
-        return tf.cast(gradient, inputs.dtype)
     return tf.compat.v1.nn.conv2d_backprop_filter(inputs, kernel_shape, out_backprop, strides, padding,
                                                   dilations=dilations)  # fmt: skip
 

@@ -258,35 +258,6 @@ def test_large_float32_kernels_get_their_gradient_as_one_matrix_product_equal_to
     assert "Conv2DBackpropFilter" not in ops and {"ExtractImagePatches", "MatMul"} <= ops
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
-@pytest.mark.parametrize(
-    "project_layer, keras_layer, shape, by_matmul",
-    [
-        (unet.Conv2D, keras.layers.Conv2D, (3, 4, 4, 256), True),  # 3 x 2 x 2 output positions
-        (unet.Conv2DTranspose, keras.layers.Conv2DTranspose, (3, 2, 2, 256), True),  # 12 input positions
-        (unet.Conv2D, keras.layers.Conv2D, (40, 16, 16, 256), False),  # 40 x 8 x 8 = 2,560: oneDNN's bf16 kernel
-    ],
-)
-def test_large_bf16_kernels_over_few_positions_get_their_gradient_as_one_matrix_product(
-    policy, project_layer, keras_layer, shape, by_matmul
-):
-    """In bf16 the matrix product takes the weight gradient of large kernels only where it
-    sums over at most FLOAT32_WEIGHT_GRADIENT_POSITIONS positions, and gives float32's
-    gradients to bf16's precision."""
-    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
-    project = project_layer(256, 4, strides=2, padding="same")
-    ours, _ = _convolve(project, images)
-    keras.mixed_precision.set_global_policy("float32")
-    exact, _ = _convolve(keras_layer(256, 4, strides=2, padding="same"), images)
-    _assert_same_results(ours, exact, tolerance=2e-2)
-    kernel_gradient = np.asarray(ours[2], np.float32)
-    assert np.linalg.norm(kernel_gradient - exact[2]) / np.linalg.norm(exact[2]) < 1e-2
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    ops = {node.op for node in _kernel_gradient_nodes(project, shape)}
-    assert ("MatMul" in ops and "ExtractImagePatches" in ops) == by_matmul
-    assert ("Conv2DBackpropFilter" in ops) != by_matmul
-
-
 def _weight_gradient_layouts(layer: keras.layers.Layer, shape: tuple[int, ...]) -> set[str]:
     """The data formats of the Conv2DBackpropFilter ops in `layer`'s kernel gradient."""
     nodes = _kernel_gradient_nodes(layer, shape)
